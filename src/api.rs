@@ -1,0 +1,358 @@
+//! The `HealthPolicy` custom resource, v1alpha1.
+//!
+//! These types are the wire format: what users write in YAML and what the API server stores.
+//! They stay close to the YAML (strings for durations, optional overrides) so the schema explains
+//! itself in `kubectl explain`; [`crate::policy::validate`] turns them into the checked,
+//! fully-defaulted [`crate::policy::Policy`] the engine runs.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Durations are written the way Kubernetes users write them: `250ms`, `5s`, `1m30s`, `1h`.
+pub const DURATION_PATTERN: &str = r"^([0-9]+(ms|s|m|h))+$";
+/// A DNS label (RFC 1123), so a dependency name is safe as a metric label and a status key.
+pub const DNS_LABEL_PATTERN: &str = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$";
+/// Status code ranges for HTTP checks: `200`, `200-299`, `200-299,301`.
+pub const STATUS_RANGES_PATTERN: &str = r"^[1-5][0-9]{2}(-[1-5][0-9]{2})?(,[1-5][0-9]{2}(-[1-5][0-9]{2})?)*$";
+/// Bounds the quadratic unique-name rule so the API server's CEL cost estimate stays in budget.
+pub const MAX_DEPENDENCIES: usize = 64;
+
+/// Declares the dependencies of a service and how their health decides its readiness.
+#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, KubeSchema)]
+#[kube(
+    group = "healthgate.dev",
+    version = "v1alpha1",
+    kind = "HealthPolicy",
+    plural = "healthpolicies",
+    shortname = "hp",
+    namespaced,
+    status = "HealthPolicyStatus",
+    derive = "PartialEq",
+    doc = "HealthPolicy declares a service's dependencies (databases, caches, queues, HTTP, TCP and gRPC endpoints) and how their health maps to the service's readiness.",
+    printcolumn(name = "Ready", type_ = "string", json_path = r#".status.conditions[?(@.type=="Ready")].status"#),
+    printcolumn(name = "Degraded", type_ = "string", json_path = r#".status.conditions[?(@.type=="Degraded")].status"#),
+    printcolumn(name = "Dependencies", type_ = "string", json_path = ".status.summary"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct HealthPolicySpec {
+    /// Check settings used by every dependency that does not override them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub defaults: Option<CheckDefaults>,
+
+    /// A cached check result older than this counts as "unknown" (a critical unknown makes the
+    /// service down). Must exceed every dependency's interval plus timeout. Default 30s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = DURATION_PATTERN))]
+    pub max_staleness: Option<String>,
+
+    /// HTTP status codes /ready answers with for each overall state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status_codes: Option<StatusCodes>,
+
+    /// The dependencies to check. Names must be unique within the policy.
+    #[schemars(length(max = 64))]
+    #[x_kube(validation = Rule::new("self.all(d, self.exists_one(e, e.name == d.name))").message("dependency names must be unique"))]
+    pub dependencies: Vec<Dependency>,
+}
+
+/// Check settings shared by all dependencies of a policy.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CheckDefaults {
+    /// Time between two checks of a dependency (a random jitter of up to 10% is added). Default 5s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = DURATION_PATTERN))]
+    pub interval: Option<String>,
+    /// How long one check may take before it counts as failed. Default 1s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = DURATION_PATTERN))]
+    pub timeout: Option<String>,
+    /// Consecutive failures before a healthy dependency is reported down. Default 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100))]
+    pub failure_threshold: Option<i32>,
+    /// Consecutive successes before a down dependency is reported healthy again. Default 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100))]
+    pub success_threshold: Option<i32>,
+    /// A successful check slower than this reports the dependency as degraded. Unset: never.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = DURATION_PATTERN))]
+    pub degraded_latency: Option<String>,
+}
+
+/// HTTP status codes returned by /ready.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StatusCodes {
+    /// Status when every dependency is healthy (200-399, which the kubelet treats as ready). Default 200.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 200, max = 399))]
+    pub ok: Option<i32>,
+    /// Status when only non-critical dependencies fail or some are degraded. 200-399 keeps the pod
+    /// in rotation, 400-599 takes it out. Default 207.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 200, max = 599))]
+    pub degraded: Option<i32>,
+    /// Status when a critical dependency is down or unknown (400-599). Default 503.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 400, max = 599))]
+    pub down: Option<i32>,
+}
+
+/// The kind of a dependency, which selects the check block that must be set.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum DependencyType {
+    /// PostgreSQL: runs `SELECT 1` on a pooled connection.
+    Postgres,
+    /// Redis: sends PING.
+    Redis,
+    /// The depth of a Redis list or stream used as a job queue.
+    RedisQueue,
+    /// An HTTP GET whose status (and optionally body) is checked.
+    Http,
+    /// A TCP connect.
+    Tcp,
+    /// The standard gRPC health check (grpc.health.v1.Health/Check).
+    Grpc,
+}
+
+impl DependencyType {
+    /// The YAML spelling, which is also the name of the matching check block.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Postgres => "postgres",
+            Self::Redis => "redis",
+            Self::RedisQueue => "redisQueue",
+            Self::Http => "http",
+            Self::Tcp => "tcp",
+            Self::Grpc => "grpc",
+        }
+    }
+}
+
+/// One dependency of the service and how to check it.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("(self.type == 'postgres') == has(self.postgres) && (self.type == 'redis') == has(self.redis) && (self.type == 'redisQueue') == has(self.redisQueue) && (self.type == 'http') == has(self.http) && (self.type == 'tcp') == has(self.tcp) && (self.type == 'grpc') == has(self.grpc)").message("exactly the check block named by `type` must be set"))]
+pub struct Dependency {
+    /// Unique name of the dependency (a DNS label); used in /ready, metrics and status.
+    #[schemars(length(min = 1, max = 63), regex(pattern = DNS_LABEL_PATTERN))]
+    pub name: String,
+    /// Kind of check; the block with the same name must be set and no other.
+    #[serde(rename = "type")]
+    pub kind: DependencyType,
+    /// Whether the service is down without this dependency. A failing non-critical dependency
+    /// only degrades the service. Default true.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub critical: Option<bool>,
+    /// Overrides defaults.interval for this dependency.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = DURATION_PATTERN))]
+    pub interval: Option<String>,
+    /// Overrides defaults.timeout for this dependency.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = DURATION_PATTERN))]
+    pub timeout: Option<String>,
+    /// Overrides defaults.failureThreshold for this dependency.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100))]
+    pub failure_threshold: Option<i32>,
+    /// Overrides defaults.successThreshold for this dependency.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100))]
+    pub success_threshold: Option<i32>,
+    /// Overrides defaults.degradedLatency for this dependency.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = DURATION_PATTERN))]
+    pub degraded_latency: Option<String>,
+    /// Settings for `type: postgres`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub postgres: Option<PostgresCheck>,
+    /// Settings for `type: redis`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redis: Option<RedisCheck>,
+    /// Settings for `type: redisQueue`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redis_queue: Option<RedisQueueCheck>,
+    /// Settings for `type: http`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<HttpCheck>,
+    /// Settings for `type: tcp`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcp: Option<TcpCheck>,
+    /// Settings for `type: grpc`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grpc: Option<GrpcCheck>,
+}
+
+/// Where a connection URL comes from when it is not written inline.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.env) != has(self.secretKeyRef)").message("set exactly one of env or secretKeyRef"))]
+pub struct UrlFrom {
+    /// Name of an environment variable of the healthgate process that holds the URL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1))]
+    pub env: Option<String>,
+    /// A key of a Secret in the policy's namespace that holds the URL (Kubernetes mode only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_key_ref: Option<SecretKeyRef>,
+}
+
+/// Selects one key of a Secret in the policy's namespace.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, Hash, JsonSchema)]
+pub struct SecretKeyRef {
+    /// Name of the Secret.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// Key within the Secret's data.
+    #[schemars(length(min = 1, max = 253))]
+    pub key: String,
+}
+
+/// A PostgreSQL connection to check with `SELECT 1`.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.url) != has(self.urlFrom)").message("set exactly one of url or urlFrom"))]
+pub struct PostgresCheck {
+    /// Connection URL, `postgres://user@host:port/db`. Prefer urlFrom for URLs with a password.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// Reads the connection URL from an environment variable or a Secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url_from: Option<UrlFrom>,
+}
+
+/// A Redis server to check with PING.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.url) != has(self.urlFrom)").message("set exactly one of url or urlFrom"))]
+pub struct RedisCheck {
+    /// Connection URL, `redis://[:password@]host:port/db`. Prefer urlFrom for URLs with a password.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// Reads the connection URL from an environment variable or a Secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url_from: Option<UrlFrom>,
+}
+
+/// How a Redis job queue is stored.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum QueueKind {
+    /// A list; depth is LLEN.
+    #[default]
+    List,
+    /// A stream; depth is XLEN, or the consumer group's pending count when `group` is set.
+    Stream,
+}
+
+/// The depth of a Redis job queue, compared with thresholds.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.url) != has(self.urlFrom)").message("set exactly one of url or urlFrom"))]
+#[x_kube(validation = Rule::new("!has(self.degradedAbove) || !has(self.downAbove) || self.downAbove > self.degradedAbove").message("downAbove must be greater than degradedAbove"))]
+#[x_kube(validation = Rule::new("!has(self.group) || self.kind == 'stream'").message("group is only valid with kind: stream"))]
+pub struct RedisQueueCheck {
+    /// Connection URL of the Redis server holding the queue.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// Reads the connection URL from an environment variable or a Secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url_from: Option<UrlFrom>,
+    /// Redis key of the queue.
+    #[schemars(length(min = 1, max = 512))]
+    pub key: String,
+    /// How the queue is stored: list (default) or stream.
+    #[serde(default)]
+    pub kind: QueueKind,
+    /// Consumer group of a stream; its pending-entries count is the depth.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1))]
+    pub group: Option<String>,
+    /// Depth above which the dependency is degraded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub degraded_above: Option<i64>,
+    /// Depth above which the dependency is down; must exceed degradedAbove.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub down_above: Option<i64>,
+}
+
+/// An HTTP endpoint checked with GET.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HttpCheck {
+    /// URL to GET (http or https).
+    #[schemars(length(min = 1))]
+    pub url: String,
+    /// Accepted status codes as ranges, e.g. `200-299` (default) or `200-299,301`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = STATUS_RANGES_PATTERN))]
+    pub expect_status: Option<String>,
+    /// If set, the response body (first 64 KiB) must contain this text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body_contains: Option<String>,
+}
+
+/// A TCP endpoint checked by connecting.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+pub struct TcpCheck {
+    /// `host:port` to connect to.
+    #[schemars(length(min = 3))]
+    pub address: String,
+}
+
+/// A gRPC server checked with the standard health protocol (grpc.health.v1), over plaintext HTTP/2.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+pub struct GrpcCheck {
+    /// `host:port` of the gRPC server.
+    #[schemars(length(min = 3))]
+    pub address: String,
+    /// Service name to ask about; empty (default) asks about the server as a whole.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
+}
+
+/// Observed state of a HealthPolicy, written by the controller's leader.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HealthPolicyStatus {
+    /// The metadata.generation this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Ready, Degraded and Invalid conditions, following the Kubernetes API conventions.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// Short human summary such as `5/6 ok`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub summary: Option<String>,
+    /// Per-dependency state.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dependencies: Vec<DependencyStatus>,
+}
+
+/// Observed state of one dependency.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DependencyStatus {
+    /// Dependency name.
+    pub name: String,
+    /// ok, degraded, down or unknown.
+    pub state: String,
+    /// Machine-readable reason of the last result (bounded set, e.g. `timeout`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Latency of the last check in milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency_ms: Option<f64>,
+    /// When the state last changed (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_transition_time: Option<String>,
+}

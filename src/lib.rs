@@ -1,0 +1,9 @@
+//! healthgate: declarative dependency health checks for Kubernetes services.
+//!
+//! The crate is split the way the data flows: [`api`] (the CRD wire types) →
+//! [`policy`] (validated, defaulted domain model) → [`engine`] (background checkers writing a
+//! cache) → [`health`] (pure state machine and aggregation) → [`server`] (probes read the cache).
+
+pub mod api;
+
+pub use api::{HealthPolicy, HealthPolicySpec};
