@@ -15,7 +15,8 @@ pub const DURATION_PATTERN: &str = r"^([0-9]+(ms|s|m|h))+$";
 /// A DNS label (RFC 1123), so a dependency name is safe as a metric label and a status key.
 pub const DNS_LABEL_PATTERN: &str = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$";
 /// Status code ranges for HTTP checks: `200`, `200-299`, `200-299,301`.
-pub const STATUS_RANGES_PATTERN: &str = r"^[1-5][0-9]{2}(-[1-5][0-9]{2})?(,[1-5][0-9]{2}(-[1-5][0-9]{2})?)*$";
+pub const STATUS_RANGES_PATTERN: &str =
+    r"^[1-5][0-9]{2}(-[1-5][0-9]{2})?(,[1-5][0-9]{2}(-[1-5][0-9]{2})?)*$";
 /// Bounds the quadratic unique-name rule so the API server's CEL cost estimate stays in budget.
 pub const MAX_DEPENDENCIES: usize = 64;
 
@@ -31,10 +32,22 @@ pub const MAX_DEPENDENCIES: usize = 64;
     status = "HealthPolicyStatus",
     derive = "PartialEq",
     doc = "HealthPolicy declares a service's dependencies (databases, caches, queues, HTTP, TCP and gRPC endpoints) and how their health maps to the service's readiness.",
-    printcolumn(name = "Ready", type_ = "string", json_path = r#".status.conditions[?(@.type=="Ready")].status"#),
-    printcolumn(name = "Degraded", type_ = "string", json_path = r#".status.conditions[?(@.type=="Degraded")].status"#),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = r#".status.conditions[?(@.type=="Ready")].status"#
+    ),
+    printcolumn(
+        name = "Degraded",
+        type_ = "string",
+        json_path = r#".status.conditions[?(@.type=="Degraded")].status"#
+    ),
     printcolumn(name = "Dependencies", type_ = "string", json_path = ".status.summary"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct HealthPolicySpec {

@@ -7,3 +7,6 @@
 pub mod api;
 
 pub use api::{HealthPolicy, HealthPolicySpec};
+pub mod health;
+pub mod policy;
+pub mod secret;

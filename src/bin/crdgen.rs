@@ -3,5 +3,8 @@ use kube::CustomResourceExt;
 
 fn main() {
     let crd = healthgate::HealthPolicy::crd();
-    print!("{}", serde_saphyr::to_string(&crd).expect("a CRD always serializes to YAML"));
+    print!(
+        "{}",
+        serde_saphyr::to_string(&crd).expect("a CRD always serializes to YAML")
+    );
 }

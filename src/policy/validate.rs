@@ -1,0 +1,594 @@
+//! Every rule a policy must satisfy, in one place. The API server enforces the schema and CEL
+//! rules in Kubernetes mode; standalone mode has no API server, so the same rules are checked
+//! here too, and this is the only place that resolves URLs. All problems are returned at once,
+//! each with the field path a user would edit.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::time::Duration;
+
+use super::{
+    DEFAULT_INTERVAL, DEFAULT_MAX_STALENESS, DEFAULT_TIMEOUT, DependencySpec, HttpTarget, Policy,
+    QueueTarget, Schedule, StatusCodes, Target, duration,
+};
+use crate::api::{
+    CheckDefaults, Dependency, DependencyType, HealthPolicySpec, MAX_DEPENDENCIES, QueueKind,
+    UrlFrom,
+};
+use crate::secret::{SecretUrl, redact_url};
+
+/// Checking more often than this is a load test, not a health check.
+const MIN_INTERVAL: Duration = Duration::from_millis(100);
+const MAX_THRESHOLD: i32 = 100;
+
+/// A problem in a policy, located by the path of the field to fix.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FieldError {
+    pub path: String,
+    pub message: String,
+}
+
+impl fmt::Display for FieldError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.path, self.message)
+    }
+}
+
+/// Turns `urlFrom` into a URL: environment variables in standalone mode, Secrets in Kubernetes.
+pub trait UrlResolver {
+    fn resolve(&self, from: &UrlFrom) -> Result<String, String>;
+}
+
+struct Errors(Vec<FieldError>);
+
+impl Errors {
+    fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.0.push(FieldError {
+            path: path.into(),
+            message: message.into(),
+        });
+    }
+}
+
+pub fn validate(
+    spec: &HealthPolicySpec,
+    urls: &dyn UrlResolver,
+) -> Result<Policy, Vec<FieldError>> {
+    let mut errors = Errors(Vec::new());
+    let defaults = spec.defaults.clone().unwrap_or_default();
+    let base = schedule(
+        &defaults,
+        &ScheduleOverrides::default(),
+        "spec.defaults",
+        &mut errors,
+    );
+    let status_codes = status_codes(spec, &mut errors);
+
+    if spec.dependencies.len() > MAX_DEPENDENCIES {
+        errors.push(
+            "spec.dependencies",
+            format!(
+                "{} dependencies, at most {MAX_DEPENDENCIES} are allowed",
+                spec.dependencies.len()
+            ),
+        );
+    }
+    let mut first_use: HashMap<&str, usize> = HashMap::new();
+    let mut dependencies = Vec::with_capacity(spec.dependencies.len());
+    for (index, dep) in spec.dependencies.iter().enumerate() {
+        let path = format!("spec.dependencies[{index}]");
+        if let Some(first) = first_use.insert(&dep.name, index) {
+            first_use.insert(&dep.name, first);
+            errors.push(
+                format!("{path}.name"),
+                format!(
+                    "duplicate name {:?}, already used by spec.dependencies[{first}]",
+                    dep.name
+                ),
+            );
+        }
+        if let Some(dep) = dependency(dep, base, &path, urls, &mut errors) {
+            dependencies.push(dep);
+        }
+    }
+
+    let slowest_cycle = dependencies
+        .iter()
+        .map(|d| d.schedule.interval + d.schedule.timeout)
+        .max()
+        .unwrap_or_default();
+    let max_staleness = match &spec.max_staleness {
+        // Unset: generous enough that a slow-interval dependency is never stale between runs.
+        None => DEFAULT_MAX_STALENESS.max(slowest_cycle * 2),
+        Some(text) => match duration::parse(text) {
+            Err(e) => {
+                errors.push("spec.maxStaleness", e);
+                DEFAULT_MAX_STALENESS
+            }
+            Ok(value) => {
+                if value <= slowest_cycle {
+                    errors.push(
+                        "spec.maxStaleness",
+                        format!(
+                            "{text} must exceed every dependency's interval + timeout (the slowest is {})",
+                            duration::format(slowest_cycle)
+                        ),
+                    );
+                }
+                value
+            }
+        },
+    };
+
+    if errors.0.is_empty() {
+        Ok(Policy {
+            max_staleness,
+            status_codes,
+            dependencies,
+        })
+    } else {
+        Err(errors.0)
+    }
+}
+
+#[derive(Default)]
+struct ScheduleOverrides<'a> {
+    interval: Option<&'a str>,
+    timeout: Option<&'a str>,
+    failure_threshold: Option<i32>,
+    success_threshold: Option<i32>,
+    degraded_latency: Option<&'a str>,
+}
+
+fn schedule(
+    defaults: &CheckDefaults,
+    overrides: &ScheduleOverrides,
+    path: &str,
+    errors: &mut Errors,
+) -> Schedule {
+    let mut field_duration = |name: &str, own: Option<&str>, inherited: Option<&String>| {
+        let text = own.or(inherited.map(String::as_str))?;
+        let at = if own.is_some() {
+            path.to_string()
+        } else {
+            "spec.defaults".to_string()
+        };
+        match duration::parse(text) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                errors.push(format!("{at}.{name}"), e);
+                None
+            }
+        }
+    };
+    let interval = field_duration("interval", overrides.interval, defaults.interval.as_ref());
+    let timeout = field_duration("timeout", overrides.timeout, defaults.timeout.as_ref());
+    let degraded_latency = field_duration(
+        "degradedLatency",
+        overrides.degraded_latency,
+        defaults.degraded_latency.as_ref(),
+    );
+    let schedule = Schedule {
+        interval: interval.unwrap_or(DEFAULT_INTERVAL),
+        timeout: timeout.unwrap_or(DEFAULT_TIMEOUT),
+        failure_threshold: threshold(
+            overrides.failure_threshold,
+            defaults.failure_threshold,
+            "failureThreshold",
+            path,
+            errors,
+        ),
+        success_threshold: threshold(
+            overrides.success_threshold,
+            defaults.success_threshold,
+            "successThreshold",
+            path,
+            errors,
+        ),
+        degraded_latency,
+    };
+    let own_or_default = |own: bool| {
+        if own {
+            path.to_string()
+        } else {
+            "spec.defaults".into()
+        }
+    };
+    if interval.is_some() && schedule.interval < MIN_INTERVAL {
+        errors.push(
+            format!("{}.interval", own_or_default(overrides.interval.is_some())),
+            format!("must be at least {}", duration::format(MIN_INTERVAL)),
+        );
+    }
+    if timeout.is_some() && schedule.timeout.is_zero() {
+        errors.push(
+            format!("{}.timeout", own_or_default(overrides.timeout.is_some())),
+            "must be greater than 0",
+        );
+    }
+    if let Some(latency) = schedule.degraded_latency
+        && latency >= schedule.timeout
+    {
+        errors.push(
+            format!(
+                "{}.degradedLatency",
+                own_or_default(overrides.degraded_latency.is_some())
+            ),
+            format!(
+                "{} must be less than the timeout ({}), or no check could ever be degraded",
+                duration::format(latency),
+                duration::format(schedule.timeout)
+            ),
+        );
+    }
+    schedule
+}
+
+fn threshold(
+    own: Option<i32>,
+    inherited: Option<i32>,
+    name: &str,
+    path: &str,
+    errors: &mut Errors,
+) -> u32 {
+    let at = if own.is_some() { path } else { "spec.defaults" };
+    match own.or(inherited) {
+        None => 1,
+        Some(value) if (1..=MAX_THRESHOLD).contains(&value) => value as u32,
+        Some(value) => {
+            // Only report an inherited default once, at the defaults themselves.
+            if own.is_some() || path == "spec.defaults" {
+                errors.push(
+                    format!("{at}.{name}"),
+                    format!("{value} is out of range 1-{MAX_THRESHOLD}"),
+                );
+            }
+            1
+        }
+    }
+}
+
+fn status_codes(spec: &HealthPolicySpec, errors: &mut Errors) -> StatusCodes {
+    let defaults = StatusCodes::default();
+    let Some(codes) = &spec.status_codes else {
+        return defaults;
+    };
+    let mut code = |name: &str,
+                    value: Option<i32>,
+                    range: std::ops::RangeInclusive<i32>,
+                    fallback: u16,
+                    why: &str| {
+        match value {
+            None => fallback,
+            Some(v) if range.contains(&v) => v as u16,
+            Some(v) => {
+                errors.push(
+                    format!("spec.statusCodes.{name}"),
+                    format!(
+                        "{v} is out of range {}-{} ({why})",
+                        range.start(),
+                        range.end()
+                    ),
+                );
+                fallback
+            }
+        }
+    };
+    StatusCodes {
+        ok: code(
+            "ok",
+            codes.ok,
+            200..=399,
+            defaults.ok,
+            "the kubelet treats only 200-399 as ready",
+        ),
+        degraded: code(
+            "degraded",
+            codes.degraded,
+            200..=599,
+            defaults.degraded,
+            "an HTTP status",
+        ),
+        down: code(
+            "down",
+            codes.down,
+            400..=599,
+            defaults.down,
+            "the kubelet must see a failure",
+        ),
+    }
+}
+
+fn dependency(
+    dep: &Dependency,
+    defaults: Schedule,
+    path: &str,
+    urls: &dyn UrlResolver,
+    errors: &mut Errors,
+) -> Option<DependencySpec> {
+    let before = errors.0.len();
+    if dep.name.is_empty() || dep.name.len() > 63 || !is_dns_label(&dep.name) {
+        errors.push(
+            format!("{path}.name"),
+            format!("{:?} must be a DNS label: 1-63 lowercase letters, digits or '-', starting and ending with a letter or digit", dep.name),
+        );
+    }
+    let overrides = ScheduleOverrides {
+        interval: dep.interval.as_deref(),
+        timeout: dep.timeout.as_deref(),
+        failure_threshold: dep.failure_threshold,
+        success_threshold: dep.success_threshold,
+        degraded_latency: dep.degraded_latency.as_deref(),
+    };
+    let inherited = CheckDefaults {
+        interval: Some(duration::format(defaults.interval)),
+        timeout: Some(duration::format(defaults.timeout)),
+        failure_threshold: Some(defaults.failure_threshold as i32),
+        success_threshold: Some(defaults.success_threshold as i32),
+        degraded_latency: defaults.degraded_latency.map(duration::format),
+    };
+    let schedule = schedule(&inherited, &overrides, path, errors);
+
+    let blocks: [(DependencyType, bool); 6] = [
+        (DependencyType::Postgres, dep.postgres.is_some()),
+        (DependencyType::Redis, dep.redis.is_some()),
+        (DependencyType::RedisQueue, dep.redis_queue.is_some()),
+        (DependencyType::Http, dep.http.is_some()),
+        (DependencyType::Tcp, dep.tcp.is_some()),
+        (DependencyType::Grpc, dep.grpc.is_some()),
+    ];
+    for (kind, present) in blocks {
+        if kind == dep.kind && !present {
+            errors.push(
+                format!("{path}.{}", kind.as_str()),
+                format!("required for type {}", dep.kind.as_str()),
+            );
+        } else if kind != dep.kind && present {
+            errors.push(
+                format!("{path}.{}", kind.as_str()),
+                format!("not allowed for type {}", dep.kind.as_str()),
+            );
+        }
+    }
+
+    let target = target(dep, path, urls, errors);
+    if errors.0.len() > before {
+        return None;
+    }
+    Some(DependencySpec {
+        name: dep.name.clone(),
+        critical: dep.critical.unwrap_or(true),
+        schedule,
+        target: target?,
+    })
+}
+
+fn target(
+    dep: &Dependency,
+    path: &str,
+    urls: &dyn UrlResolver,
+    errors: &mut Errors,
+) -> Option<Target> {
+    let block = format!("{path}.{}", dep.kind.as_str());
+    match dep.kind {
+        DependencyType::Postgres => {
+            let check = dep.postgres.as_ref()?;
+            let url = url(
+                check.url.as_deref(),
+                check.url_from.as_ref(),
+                &["postgres", "postgresql"],
+                &block,
+                urls,
+                errors,
+            )?;
+            Some(Target::Postgres { url })
+        }
+        DependencyType::Redis => {
+            let check = dep.redis.as_ref()?;
+            let url = url(
+                check.url.as_deref(),
+                check.url_from.as_ref(),
+                &["redis", "rediss"],
+                &block,
+                urls,
+                errors,
+            )?;
+            Some(Target::Redis { url })
+        }
+        DependencyType::RedisQueue => {
+            let check = dep.redis_queue.as_ref()?;
+            let url = url(
+                check.url.as_deref(),
+                check.url_from.as_ref(),
+                &["redis", "rediss"],
+                &block,
+                urls,
+                errors,
+            );
+            let mut limit = |name: &str, value: Option<i64>| match value {
+                Some(v) if v < 0 => {
+                    errors.push(
+                        format!("{block}.{name}"),
+                        format!("{v} must not be negative"),
+                    );
+                    None
+                }
+                other => other.map(|v| v as u64),
+            };
+            let degraded_above = limit("degradedAbove", check.degraded_above);
+            let down_above = limit("downAbove", check.down_above);
+            if let (Some(degraded), Some(down)) = (degraded_above, down_above)
+                && down <= degraded
+            {
+                errors.push(
+                    format!("{block}.downAbove"),
+                    format!("{down} must be greater than degradedAbove ({degraded})"),
+                );
+            }
+            if check.key.is_empty() {
+                errors.push(format!("{block}.key"), "must not be empty");
+            }
+            if check.group.is_some() && check.kind != QueueKind::Stream {
+                errors.push(format!("{block}.group"), "only valid with kind: stream");
+            }
+            Some(Target::RedisQueue(QueueTarget {
+                url: url?,
+                key: check.key.clone(),
+                kind: check.kind,
+                group: check.group.clone(),
+                degraded_above,
+                down_above,
+            }))
+        }
+        DependencyType::Http => {
+            let check = dep.http.as_ref()?;
+            let url = url(
+                Some(&check.url),
+                None,
+                &["http", "https"],
+                &block,
+                urls,
+                errors,
+            );
+            let expect_status =
+                match parse_status_ranges(check.expect_status.as_deref().unwrap_or("200-299")) {
+                    Ok(ranges) => ranges,
+                    Err(e) => {
+                        errors.push(format!("{block}.expectStatus"), e);
+                        Vec::new()
+                    }
+                };
+            Some(Target::Http(HttpTarget {
+                url: url?,
+                expect_status,
+                body_contains: check.body_contains.clone(),
+            }))
+        }
+        DependencyType::Tcp => {
+            let check = dep.tcp.as_ref()?;
+            check_address(&check.address, &format!("{block}.address"), errors);
+            Some(Target::Tcp {
+                address: check.address.clone(),
+            })
+        }
+        DependencyType::Grpc => {
+            let check = dep.grpc.as_ref()?;
+            check_address(&check.address, &format!("{block}.address"), errors);
+            Some(Target::Grpc {
+                address: check.address.clone(),
+                service: check.service.clone().unwrap_or_default(),
+            })
+        }
+    }
+}
+
+fn url(
+    inline: Option<&str>,
+    from: Option<&UrlFrom>,
+    schemes: &[&str],
+    block: &str,
+    urls: &dyn UrlResolver,
+    errors: &mut Errors,
+) -> Option<SecretUrl> {
+    let (raw, path) = match (inline, from) {
+        (Some(_), Some(_)) => {
+            errors.push(block, "set exactly one of url or urlFrom, not both");
+            return None;
+        }
+        (None, None) => {
+            errors.push(format!("{block}.url"), "required (or set urlFrom)");
+            return None;
+        }
+        (Some(url), None) => (url.to_string(), format!("{block}.url")),
+        (None, Some(from)) => {
+            let path = match (&from.env, &from.secret_key_ref) {
+                (Some(_), None) => format!("{block}.urlFrom.env"),
+                (None, Some(_)) => format!("{block}.urlFrom.secretKeyRef"),
+                _ => {
+                    errors.push(
+                        format!("{block}.urlFrom"),
+                        "set exactly one of env or secretKeyRef",
+                    );
+                    return None;
+                }
+            };
+            match urls.resolve(from) {
+                Ok(url) => (url, path),
+                Err(e) => {
+                    errors.push(path, e);
+                    return None;
+                }
+            }
+        }
+    };
+    match url::Url::parse(&raw) {
+        Ok(parsed) if schemes.contains(&parsed.scheme()) => Some(SecretUrl::new(raw)),
+        Ok(parsed) => {
+            errors.push(
+                path,
+                format!(
+                    "scheme {:?} is not one of {}",
+                    parsed.scheme(),
+                    schemes.join(", ")
+                ),
+            );
+            None
+        }
+        Err(e) => {
+            errors.push(
+                path,
+                format!("{:?} is not a valid URL: {e}", redact_url(&raw)),
+            );
+            None
+        }
+    }
+}
+
+fn check_address(address: &str, path: &str, errors: &mut Errors) {
+    let valid = address
+        .rsplit_once(':')
+        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0));
+    if !valid {
+        errors.push(
+            path,
+            format!("{address:?} must be host:port with a port in 1-65535"),
+        );
+    }
+}
+
+/// Parses `200-299,301` into inclusive ranges.
+pub fn parse_status_ranges(text: &str) -> Result<Vec<(u16, u16)>, String> {
+    let code = |s: &str| -> Result<u16, String> {
+        match s.trim().parse::<u16>() {
+            Ok(c) if (100..=599).contains(&c) => Ok(c),
+            _ => Err(format!(
+                "{s:?} in {text:?} is not an HTTP status code (100-599)"
+            )),
+        }
+    };
+    text.split(',')
+        .map(|part| {
+            let (lo, hi) = match part.split_once('-') {
+                Some((lo, hi)) => (code(lo)?, code(hi)?),
+                None => (code(part)?, code(part)?),
+            };
+            if lo > hi {
+                return Err(format!("range {part:?} in {text:?} is reversed"));
+            }
+            Ok((lo, hi))
+        })
+        .collect()
+}
+
+fn is_dns_label(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    let inner_ok = bytes
+        .iter()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-');
+    inner_ok
+        && bytes.first().is_some_and(|b| *b != b'-')
+        && bytes.last().is_some_and(|b| *b != b'-')
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,212 @@
+use super::*;
+
+struct Env(&'static [(&'static str, &'static str)]);
+
+impl UrlResolver for Env {
+    fn resolve(&self, from: &UrlFrom) -> Result<String, String> {
+        let name = from
+            .env
+            .as_deref()
+            .ok_or("secretKeyRef is not available here")?;
+        self.0
+            .iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.to_string())
+            .ok_or_else(|| format!("environment variable {name} is not set"))
+    }
+}
+
+const ENV: Env = Env(&[("REDIS_URL", "redis://:hunter22@127.0.0.1:6379/0")]);
+
+fn spec(yaml: &str) -> HealthPolicySpec {
+    serde_saphyr::from_str(yaml).expect("test YAML parses")
+}
+
+fn errors(yaml: &str) -> Vec<String> {
+    match validate(&spec(yaml), &ENV) {
+        Ok(_) => Vec::new(),
+        Err(errors) => errors.iter().map(ToString::to_string).collect(),
+    }
+}
+
+const FULL: &str = r#"
+defaults: {interval: 5s, timeout: 1s, failureThreshold: 1, successThreshold: 1}
+maxStaleness: 30s
+statusCodes: {ok: 200, degraded: 207, down: 503}
+dependencies:
+  - name: postgres
+    type: postgres
+    critical: true
+    interval: 2s
+    degradedLatency: 250ms
+    postgres: {url: "postgres://app@127.0.0.1:5432/demo"}
+  - name: redis
+    type: redis
+    redis: {urlFrom: {env: REDIS_URL}}
+  - name: jobs
+    type: redisQueue
+    redisQueue: {url: "redis://127.0.0.1:6379/0", key: jobs, kind: list, degradedAbove: 10000, downAbove: 100000}
+  - {name: search, type: http, critical: false, http: {url: "http://127.0.0.1:9200/_health", expectStatus: "200-299"}}
+  - {name: smtp, type: tcp, tcp: {address: "127.0.0.1:25"}}
+  - {name: billing, type: grpc, grpc: {address: "127.0.0.1:50051", service: ""}}
+"#;
+
+#[test]
+fn the_documented_example_is_valid_and_defaulted() {
+    let policy = validate(&spec(FULL), &ENV).expect("valid");
+    assert_eq!(policy.dependencies.len(), 6);
+    let pg = &policy.dependencies[0];
+    assert_eq!(pg.schedule.interval, Duration::from_secs(2));
+    assert_eq!(pg.schedule.timeout, Duration::from_secs(1));
+    assert_eq!(
+        pg.schedule.degraded_latency,
+        Some(Duration::from_millis(250))
+    );
+    assert!(pg.critical);
+    assert!(!policy.dependencies[3].critical);
+    match &policy.dependencies[1].target {
+        Target::Redis { url } => assert_eq!(url.expose(), "redis://:hunter22@127.0.0.1:6379/0"),
+        other => panic!("unexpected {other:?}"),
+    }
+    assert_eq!(policy.max_staleness, Duration::from_secs(30));
+    assert_eq!(
+        policy.status_codes,
+        StatusCodes {
+            ok: 200,
+            degraded: 207,
+            down: 503
+        }
+    );
+}
+
+#[test]
+fn an_empty_spec_gets_defaults() {
+    let policy = validate(&spec("dependencies: []"), &ENV).expect("valid");
+    assert_eq!(policy.max_staleness, DEFAULT_MAX_STALENESS);
+    assert_eq!(policy.status_codes, StatusCodes::default());
+}
+
+#[test]
+fn unset_max_staleness_grows_with_slow_intervals() {
+    let policy = validate(
+        &spec("dependencies: [{name: a, type: tcp, interval: 1m, tcp: {address: 'h:1'}}]"),
+        &ENV,
+    )
+    .expect("valid");
+    assert_eq!(policy.max_staleness, Duration::from_secs(122));
+}
+
+#[test]
+fn every_problem_is_reported_with_its_field_path() {
+    let cases: &[(&str, &[&str])] = &[
+        (
+            "dependencies: [{name: a, type: redisQueue, redisQueue: {url: 'redis://h', key: q, degradedAbove: 10, downAbove: 5}}]",
+            &[
+                "spec.dependencies[0].redisQueue.downAbove: 5 must be greater than degradedAbove (10)",
+            ],
+        ),
+        (
+            "dependencies: [{name: a, type: tcp, tcp: {address: 'h:1'}}, {name: a, type: tcp, tcp: {address: 'h:2'}}]",
+            &[
+                "spec.dependencies[1].name: duplicate name \"a\", already used by spec.dependencies[0]",
+            ],
+        ),
+        (
+            "dependencies: [{name: a, type: postgres, redis: {url: 'redis://h'}}]",
+            &[
+                "spec.dependencies[0].postgres: required for type postgres",
+                "spec.dependencies[0].redis: not allowed for type postgres",
+            ],
+        ),
+        (
+            "dependencies: [{name: Bad_Name, type: tcp, tcp: {address: 'h:1'}}]",
+            &["spec.dependencies[0].name: \"Bad_Name\" must be a DNS label"],
+        ),
+        (
+            "dependencies: [{name: a, type: tcp, interval: 5, tcp: {address: 'h:1'}}]",
+            &["spec.dependencies[0].interval: \"5\": missing or unknown unit"],
+        ),
+        (
+            "dependencies: [{name: a, type: tcp, interval: 10ms, tcp: {address: 'h:1'}}]",
+            &["spec.dependencies[0].interval: must be at least 100ms"],
+        ),
+        (
+            "dependencies: [{name: a, type: tcp, failureThreshold: 0, tcp: {address: 'h:1'}}]",
+            &["spec.dependencies[0].failureThreshold: 0 is out of range 1-100"],
+        ),
+        (
+            "defaults: {successThreshold: 101}\ndependencies: []",
+            &["spec.defaults.successThreshold: 101 is out of range 1-100"],
+        ),
+        (
+            "dependencies: [{name: a, type: tcp, degradedLatency: 2s, tcp: {address: 'h:1'}}]",
+            &["spec.dependencies[0].degradedLatency: 2s must be less than the timeout (1s)"],
+        ),
+        (
+            "dependencies: [{name: a, type: tcp, tcp: {address: 'nohost'}}]",
+            &["spec.dependencies[0].tcp.address: \"nohost\" must be host:port"],
+        ),
+        (
+            "dependencies: [{name: a, type: grpc, grpc: {address: 'h:99999'}}]",
+            &["spec.dependencies[0].grpc.address: \"h:99999\" must be host:port"],
+        ),
+        (
+            "dependencies: [{name: a, type: http, http: {url: 'ftp://h/x'}}]",
+            &["spec.dependencies[0].http.url: scheme \"ftp\" is not one of http, https"],
+        ),
+        (
+            "dependencies: [{name: a, type: http, http: {url: 'http://h/', expectStatus: '299-200'}}]",
+            &["spec.dependencies[0].http.expectStatus: range \"299-200\""],
+        ),
+        (
+            "dependencies: [{name: a, type: redis, redis: {urlFrom: {env: NOPE}}}]",
+            &["spec.dependencies[0].redis.urlFrom.env: environment variable NOPE is not set"],
+        ),
+        (
+            "dependencies: [{name: a, type: redis, redis: {urlFrom: {secretKeyRef: {name: s, key: k}}}}]",
+            &[
+                "spec.dependencies[0].redis.urlFrom.secretKeyRef: secretKeyRef is not available here",
+            ],
+        ),
+        (
+            "dependencies: [{name: a, type: redis, redis: {}}]",
+            &["spec.dependencies[0].redis.url: required (or set urlFrom)"],
+        ),
+        (
+            "dependencies: [{name: a, type: redisQueue, redisQueue: {url: 'redis://h', key: q, group: g}}]",
+            &["spec.dependencies[0].redisQueue.group: only valid with kind: stream"],
+        ),
+        (
+            "maxStaleness: 5s\ndependencies: [{name: a, type: tcp, interval: 5s, tcp: {address: 'h:1'}}]",
+            &[
+                "spec.maxStaleness: 5s must exceed every dependency's interval + timeout (the slowest is 6s)",
+            ],
+        ),
+        (
+            "statusCodes: {ok: 503, down: 200}\ndependencies: []",
+            &[
+                "spec.statusCodes.ok: 503 is out of range 200-399",
+                "spec.statusCodes.down: 200 is out of range 400-599",
+            ],
+        ),
+    ];
+    for (yaml, expected) in cases {
+        let got = errors(yaml);
+        assert_eq!(got.len(), expected.len(), "{yaml}\n got: {got:#?}");
+        for (got, want) in got.iter().zip(expected.iter()) {
+            assert!(
+                got.starts_with(want),
+                "{yaml}\n got:  {got}\n want: {want}…"
+            );
+        }
+    }
+}
+
+#[test]
+fn errors_never_quote_a_password() {
+    let got = errors(
+        "dependencies: [{name: a, type: postgres, postgres: {url: 'mysql://app:s3cret@h/db'}}, {name: b, type: http, http: {url: 'http://u:s3cret@[bad/'}}]",
+    );
+    assert_eq!(got.len(), 2, "{got:?}");
+    assert!(got.iter().all(|e| !e.contains("s3cret")), "{got:?}");
+}
