@@ -1,0 +1,3 @@
+//! Shared helpers for the integration tests; each test binary includes this with `mod support;`.
+
+pub mod apiserver;
