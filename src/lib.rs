@@ -7,6 +7,9 @@
 pub mod api;
 
 pub use api::{HealthPolicy, HealthPolicySpec};
+pub mod checks;
+pub mod engine;
 pub mod health;
+pub mod metrics;
 pub mod policy;
 pub mod secret;

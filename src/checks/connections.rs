@@ -1,0 +1,149 @@
+//! Clients shared by every checker: one sqlx pool per PostgreSQL URL and one Redis
+//! `ConnectionManager` per Redis URL (redis and redisQueue checks of the same server share it),
+//! one HTTP client, one gRPC channel per address. All are created lazily, so building them never
+//! blocks on a dependency, and all reconnect by themselves when a dependency comes back.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use tonic::transport::{Channel, Endpoint};
+
+use crate::policy::{Policy, Target};
+use crate::secret::SecretUrl;
+
+/// A check needs one connection at a time; the second covers a check overlapping pool upkeep.
+const CHECK_POOL_SIZE: u32 = 2;
+/// Idle connections are recycled so a failed-over database is not probed over a stale socket.
+const CHECK_POOL_IDLE: Duration = Duration::from_secs(300);
+/// Redis reconnects in the background; retries stay short so a dead server is reported quickly.
+const REDIS_RETRIES: usize = 2;
+
+pub type RedisClient = Result<ConnectionManager, String>;
+
+#[derive(Default)]
+pub struct Connections {
+    postgres: Mutex<HashMap<SecretUrl, PgPool>>,
+    redis: Mutex<HashMap<SecretUrl, RedisClient>>,
+    grpc: Mutex<HashMap<String, Result<Channel, String>>>,
+    http: Mutex<Option<reqwest::Client>>,
+}
+
+impl Connections {
+    pub fn postgres(&self, url: &SecretUrl, timeout: Duration) -> Result<PgPool, String> {
+        let mut pools = self.postgres.lock().expect("connections lock");
+        if let Some(pool) = pools.get(url) {
+            return Ok(pool.clone());
+        }
+        let options: PgConnectOptions = url
+            .expose()
+            .parse()
+            .map_err(|e: sqlx::Error| url.scrub(&e.to_string()))?;
+        let pool = PgPoolOptions::new()
+            .max_connections(CHECK_POOL_SIZE)
+            .min_connections(0)
+            .acquire_timeout(timeout)
+            .idle_timeout(CHECK_POOL_IDLE)
+            // `SELECT 1` is the test; a ping before it would double the statements per check.
+            .test_before_acquire(false)
+            .connect_lazy_with(options.application_name("healthgate"));
+        pools.insert(url.clone(), pool.clone());
+        Ok(pool)
+    }
+
+    pub fn redis(&self, url: &SecretUrl) -> RedisClient {
+        let mut clients = self.redis.lock().expect("connections lock");
+        clients
+            .entry(url.clone())
+            .or_insert_with(|| {
+                let client =
+                    redis::Client::open(url.expose()).map_err(|e| url.scrub(&e.to_string()))?;
+                let config = ConnectionManagerConfig::new()
+                    .set_number_of_retries(REDIS_RETRIES)
+                    .set_max_delay(Duration::from_secs(1))
+                    .set_connection_timeout(Some(Duration::from_secs(2)))
+                    .set_response_timeout(Some(Duration::from_secs(5)));
+                ConnectionManager::new_lazy_with_config(client, config)
+                    .map_err(|e| url.scrub(&e.to_string()))
+            })
+            .clone()
+    }
+
+    pub fn grpc(&self, address: &str, timeout: Duration) -> Result<Channel, String> {
+        let mut channels = self.grpc.lock().expect("connections lock");
+        channels
+            .entry(address.to_string())
+            .or_insert_with(|| {
+                Endpoint::from_shared(format!("http://{address}"))
+                    .map(|e| e.connect_timeout(timeout).connect_lazy())
+                    .map_err(|e| format!("invalid gRPC address {address:?}: {e}"))
+            })
+            .clone()
+    }
+
+    pub fn http_client(&self) -> reqwest::Client {
+        self.http
+            .lock()
+            .expect("connections lock")
+            .get_or_insert_with(|| {
+                reqwest::Client::builder()
+                    .user_agent(concat!("healthgate/", env!("CARGO_PKG_VERSION")))
+                    // A health endpoint that redirects is answering; following it hides that.
+                    .redirect(reqwest::redirect::Policy::none())
+                    .build()
+                    .expect("a client without custom TLS roots always builds")
+            })
+            .clone()
+    }
+
+    /// Drops clients no policy uses any more, closing their connections.
+    pub fn retain<'a>(&self, policies: impl Iterator<Item = &'a Policy>) {
+        let mut urls = HashSet::new();
+        let mut addresses = HashSet::new();
+        for dep in policies.flat_map(|p| p.dependencies.iter()) {
+            match &dep.target {
+                Target::Postgres { url } | Target::Redis { url } => {
+                    urls.insert(url.clone());
+                }
+                Target::RedisQueue(q) => {
+                    urls.insert(q.url.clone());
+                }
+                Target::Grpc { address, .. } => {
+                    addresses.insert(address.clone());
+                }
+                Target::Http(_) | Target::Tcp { .. } => {}
+            }
+        }
+        // Dropping the last handle of a pool or manager closes its connections.
+        self.postgres
+            .lock()
+            .expect("connections lock")
+            .retain(|url, _| urls.contains(url));
+        self.redis
+            .lock()
+            .expect("connections lock")
+            .retain(|url, _| urls.contains(url));
+        self.grpc
+            .lock()
+            .expect("connections lock")
+            .retain(|address, _| addresses.contains(address));
+    }
+
+    /// Closes every pool; used once at shutdown.
+    pub async fn close(&self) {
+        let pools: Vec<PgPool> = self
+            .postgres
+            .lock()
+            .expect("connections lock")
+            .drain()
+            .map(|(_, p)| p)
+            .collect();
+        for pool in pools {
+            pool.close().await;
+        }
+        self.redis.lock().expect("connections lock").clear();
+        self.grpc.lock().expect("connections lock").clear();
+    }
+}

@@ -1,0 +1,54 @@
+use sqlx::postgres::PgPool;
+
+use super::Observation;
+use crate::health::Reason;
+use crate::secret::SecretUrl;
+
+pub struct PostgresProbe {
+    pool: Result<PgPool, String>,
+    url: SecretUrl,
+}
+
+impl PostgresProbe {
+    pub fn new(pool: Result<PgPool, String>, url: SecretUrl) -> Self {
+        Self { pool, url }
+    }
+
+    pub async fn run(&self) -> Observation {
+        let pool = match &self.pool {
+            Ok(pool) => pool,
+            Err(e) => return Observation::down(Reason::Config, e.clone()),
+        };
+        let mut result = select_one(pool).await;
+        // A pooled connection that died with a restarted server says nothing about the new
+        // server; one retry on a fresh connection does (the engine's timeout still bounds both).
+        if matches!(&result, Err(e) if is_broken_connection(e)) {
+            result = select_one(pool).await;
+        }
+        match result {
+            Ok(()) => Observation::ok(format!(
+                "pool size={} idle={}",
+                pool.size(),
+                pool.num_idle()
+            )),
+            Err(e) => Observation::down(classify(&e), self.url.scrub(&e.to_string())),
+        }
+    }
+}
+
+async fn select_one(pool: &PgPool) -> Result<(), sqlx::Error> {
+    // The simple-query protocol: one statement per check, no prepare/describe round trips.
+    sqlx::raw_sql("SELECT 1").execute(pool).await.map(drop)
+}
+
+fn is_broken_connection(error: &sqlx::Error) -> bool {
+    matches!(error, sqlx::Error::Io(_) | sqlx::Error::Protocol(_))
+}
+
+fn classify(error: &sqlx::Error) -> Reason {
+    match error {
+        sqlx::Error::PoolTimedOut => Reason::Timeout,
+        sqlx::Error::Io(_) | sqlx::Error::Tls(_) => Reason::Connect,
+        _ => Reason::Error,
+    }
+}

@@ -1,0 +1,159 @@
+use redis::aio::ConnectionManager;
+
+use super::Observation;
+use super::connections::RedisClient;
+use crate::api::QueueKind;
+use crate::health::{Outcome, Reason};
+use crate::policy::QueueTarget;
+
+pub struct RedisProbe {
+    client: RedisClient,
+}
+
+impl RedisProbe {
+    pub fn new(client: RedisClient) -> Self {
+        Self { client }
+    }
+
+    pub async fn run(&self) -> Observation {
+        let mut conn = match connection(&self.client) {
+            Ok(conn) => conn,
+            Err(observation) => return observation,
+        };
+        match redis::cmd("PING").query_async::<String>(&mut conn).await {
+            Ok(reply) if reply == "PONG" => Observation::ok(None),
+            Ok(reply) => {
+                Observation::down(Reason::Error, format!("unexpected PING reply {reply:?}"))
+            }
+            Err(e) => failure(&e),
+        }
+    }
+}
+
+pub struct QueueProbe {
+    client: RedisClient,
+    queue: QueueTarget,
+}
+
+impl QueueProbe {
+    pub fn new(client: RedisClient, queue: QueueTarget) -> Self {
+        Self { client, queue }
+    }
+
+    pub async fn run(&self) -> Observation {
+        let mut conn = match connection(&self.client) {
+            Ok(conn) => conn,
+            Err(observation) => return observation,
+        };
+        let q = &self.queue;
+        let depth = match (q.kind, &q.group) {
+            (QueueKind::List, _) => {
+                redis::cmd("LLEN")
+                    .arg(&q.key)
+                    .query_async::<u64>(&mut conn)
+                    .await
+            }
+            (QueueKind::Stream, None) => {
+                redis::cmd("XLEN")
+                    .arg(&q.key)
+                    .query_async::<u64>(&mut conn)
+                    .await
+            }
+            (QueueKind::Stream, Some(group)) => pending(&mut conn, &q.key, group).await,
+        };
+        match depth {
+            Ok(depth) => judge_depth(depth, q.degraded_above, q.down_above),
+            Err(e) => failure(&e),
+        }
+    }
+}
+
+/// The pending-entries count of a stream consumer group (the summary form of XPENDING).
+async fn pending(conn: &mut ConnectionManager, key: &str, group: &str) -> redis::RedisResult<u64> {
+    let summary: redis::Value = redis::cmd("XPENDING")
+        .arg(key)
+        .arg(group)
+        .query_async(conn)
+        .await?;
+    match summary {
+        redis::Value::Array(items) => match items.first() {
+            Some(redis::Value::Int(count)) => Ok((*count).max(0) as u64),
+            _ => Err((
+                redis::ErrorKind::UnexpectedReturnType,
+                "XPENDING summary without a count",
+            )
+                .into()),
+        },
+        _ => Err((
+            redis::ErrorKind::UnexpectedReturnType,
+            "XPENDING did not return a summary",
+        )
+            .into()),
+    }
+}
+
+pub fn judge_depth(
+    depth: u64,
+    degraded_above: Option<u64>,
+    down_above: Option<u64>,
+) -> Observation {
+    let detail = Some(format!("depth={depth}"));
+    let (outcome, reason) = if down_above.is_some_and(|limit| depth > limit) {
+        (Outcome::Down, Reason::QueueDepth)
+    } else if degraded_above.is_some_and(|limit| depth > limit) {
+        (Outcome::Degraded, Reason::QueueDepth)
+    } else {
+        (Outcome::Ok, Reason::Ok)
+    };
+    Observation {
+        outcome,
+        reason,
+        detail,
+        error: None,
+    }
+}
+
+fn connection(client: &RedisClient) -> Result<ConnectionManager, Observation> {
+    client
+        .clone()
+        .map_err(|e| Observation::down(Reason::Config, e))
+}
+
+/// Redis errors describe the command and server reply, never the connection URL.
+fn failure(error: &redis::RedisError) -> Observation {
+    let reason = if error.is_timeout() {
+        Reason::Timeout
+    } else if error.is_io_error() || error.is_connection_refusal() || error.is_connection_dropped()
+    {
+        Reason::Connect
+    } else {
+        Reason::Error
+    };
+    Observation::down(reason, error.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn depth_thresholds() {
+        let cases = [
+            (0, Some(10), Some(100), Outcome::Ok),
+            (10, Some(10), Some(100), Outcome::Ok),
+            (11, Some(10), Some(100), Outcome::Degraded),
+            (100, Some(10), Some(100), Outcome::Degraded),
+            (101, Some(10), Some(100), Outcome::Down),
+            (101, None, Some(100), Outcome::Down),
+            (1_000_000, None, None, Outcome::Ok),
+        ];
+        for (depth, degraded, down, expected) in cases {
+            let observed = judge_depth(depth, degraded, down);
+            assert_eq!(observed.outcome, expected, "depth {depth}");
+            assert_eq!(
+                observed.detail.as_deref(),
+                Some(format!("depth={depth}").as_str())
+            );
+        }
+    }
+}

@@ -1,0 +1,204 @@
+//! The background task of one dependency: run the probe on its schedule, apply thresholds,
+//! publish the result for /ready and metrics. Owned by the engine through a cancellation token.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use rand::Rng;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use super::PolicyKey;
+use crate::checks::{Observation, Probe};
+use crate::health::{Hysteresis, Outcome, Reason, State};
+use crate::metrics::Metrics;
+use crate::policy::DependencySpec;
+
+/// Spreads checks of many dependencies (and replicas) so they do not hit a server in lockstep.
+/// Jitter only shortens the period, so "down within interval × failureThreshold + timeout" holds.
+const JITTER_FRACTION: f64 = 0.1;
+/// The first check of a new checker starts within this window rather than all at once.
+const FIRST_CHECK_SPREAD: Duration = Duration::from_millis(50);
+
+/// The latest published result of a checker; what /ready reads.
+#[derive(Clone, Debug)]
+pub struct CheckRecord {
+    pub state: State,
+    pub reason: Reason,
+    pub latency: Duration,
+    pub checked_at: DateTime<Utc>,
+    pub checked_instant: Instant,
+    pub detail: Option<String>,
+    pub error: Option<String>,
+    /// When `state` last changed, for status conditions.
+    pub since: DateTime<Utc>,
+}
+
+pub type Slot = Arc<Mutex<Option<CheckRecord>>>;
+
+pub struct Checker {
+    pub key: PolicyKey,
+    pub spec: DependencySpec,
+    pub probe: Probe,
+    pub slot: Slot,
+    pub metrics: Arc<Metrics>,
+}
+
+impl Checker {
+    pub async fn run(self, cancel: CancellationToken) {
+        let labels = self.labels();
+        info!(policy = %self.key, dependency = %self.spec.name, target = %self.spec.target.describe(), "checker started");
+        let mut hysteresis = Hysteresis::new(
+            self.spec.schedule.failure_threshold,
+            self.spec.schedule.success_threshold,
+        );
+        let mut emitted: Vec<(&'static str, &'static str)> = Vec::new();
+        let mut next = Instant::now() + spread(FIRST_CHECK_SPREAD);
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                _ = tokio::time::sleep_until(next.into()) => {}
+            }
+            let started = Instant::now();
+            next = started + jittered(self.spec.schedule.interval);
+            let observation = tokio::select! {
+                _ = cancel.cancelled() => break,
+                observed = tokio::time::timeout(self.spec.schedule.timeout, self.probe.run()) => {
+                    observed.unwrap_or_else(|_| Observation::timed_out(self.spec.schedule.timeout))
+                }
+            };
+            let latency = started.elapsed();
+            let observation = self.slow_is_degraded(observation, latency);
+            let previous = hysteresis.state();
+            let state = hysteresis.observe(observation.outcome);
+            self.publish(&observation, state, previous, latency, started);
+            self.record_metrics(&labels, &observation, state, latency, &mut emitted);
+        }
+        self.remove_metrics(&labels, &emitted);
+        debug!(policy = %self.key, dependency = %self.spec.name, "checker stopped");
+    }
+
+    fn labels(&self) -> [String; 4] {
+        [
+            self.key.namespace.clone(),
+            self.key.name.clone(),
+            self.spec.name.clone(),
+            self.spec.target.kind().as_str().to_string(),
+        ]
+    }
+
+    fn slow_is_degraded(&self, mut observation: Observation, latency: Duration) -> Observation {
+        if let Some(limit) = self.spec.schedule.degraded_latency
+            && observation.outcome == Outcome::Ok
+            && latency > limit
+        {
+            observation.outcome = Outcome::Degraded;
+            observation.reason = Reason::Slow;
+        }
+        observation
+    }
+
+    fn publish(
+        &self,
+        observation: &Observation,
+        state: State,
+        previous: State,
+        latency: Duration,
+        started: Instant,
+    ) {
+        let now = Utc::now();
+        let mut slot = self.slot.lock().expect("check slot lock");
+        let since = match slot.as_ref() {
+            Some(record) if record.state == state => record.since,
+            _ => now,
+        };
+        *slot = Some(CheckRecord {
+            state,
+            reason: observation.reason,
+            latency,
+            checked_at: now,
+            checked_instant: started + latency,
+            detail: observation.detail.clone(),
+            error: observation.error.clone(),
+            since,
+        });
+        drop(slot);
+        if state != previous {
+            let (policy, dependency) = (&self.key, &self.spec.name);
+            let (from, to, reason) = (
+                previous.as_str(),
+                state.as_str(),
+                observation.reason.as_str(),
+            );
+            let error = observation.error.as_deref().unwrap_or("");
+            if state == State::Down {
+                warn!(%policy, %dependency, from, to, reason, error, "dependency state changed");
+            } else {
+                info!(%policy, %dependency, from, to, reason, "dependency state changed");
+            }
+        }
+    }
+
+    fn record_metrics(
+        &self,
+        labels: &[String; 4],
+        observation: &Observation,
+        state: State,
+        latency: Duration,
+        emitted: &mut Vec<(&'static str, &'static str)>,
+    ) {
+        let m = &self.metrics;
+        let [ns, policy, name, kind] = labels.each_ref().map(String::as_str);
+        m.check_duration
+            .with_label_values(&[ns, policy, name, kind])
+            .observe(latency.as_secs_f64());
+        let result = match observation.outcome {
+            Outcome::Ok => "ok",
+            Outcome::Degraded => "degraded",
+            Outcome::Down => "down",
+        };
+        let reason = observation.reason.as_str();
+        m.check_results
+            .with_label_values(&[ns, policy, name, kind, result, reason])
+            .inc();
+        if !emitted.contains(&(result, reason)) {
+            emitted.push((result, reason));
+        }
+        m.dependency_up
+            .with_label_values(&[ns, policy, name])
+            .set(i64::from(observation.outcome != Outcome::Down));
+        for candidate in State::ALL {
+            m.dependency_state
+                .with_label_values(&[ns, policy, name, candidate.as_str()])
+                .set(i64::from(candidate == state));
+        }
+    }
+
+    fn remove_metrics(&self, labels: &[String; 4], emitted: &[(&'static str, &'static str)]) {
+        let m = &self.metrics;
+        let [ns, policy, name, kind] = labels.each_ref().map(String::as_str);
+        let _ = m
+            .check_duration
+            .remove_label_values(&[ns, policy, name, kind]);
+        for (result, reason) in emitted {
+            let _ = m
+                .check_results
+                .remove_label_values(&[ns, policy, name, kind, result, reason]);
+        }
+        let _ = m.dependency_up.remove_label_values(&[ns, policy, name]);
+        for state in State::ALL {
+            let _ = m
+                .dependency_state
+                .remove_label_values(&[ns, policy, name, state.as_str()]);
+        }
+    }
+}
+
+fn jittered(interval: Duration) -> Duration {
+    interval.mul_f64(1.0 - rand::rng().random_range(0.0..JITTER_FRACTION))
+}
+
+fn spread(window: Duration) -> Duration {
+    window.mul_f64(rand::rng().random_range(0.0..1.0))
+}

@@ -1,0 +1,302 @@
+//! Runs policies: one background checker per dependency, results in a shared cache that /ready
+//! reads without any I/O. `apply` is idempotent and level-triggered: it diffs the new policy
+//! against the running one and only starts, stops or restarts the checkers that changed.
+
+mod checker;
+mod report;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Instant;
+
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::info;
+
+pub use checker::CheckRecord;
+use checker::{Checker, Slot};
+pub use report::{CheckView, Report};
+
+use crate::checks::{Connections, Probe};
+use crate::health::{Overall, State, aggregate, effective_state};
+use crate::metrics::Metrics;
+use crate::policy::{DependencySpec, Policy};
+
+/// Identifies a policy: its namespace (empty in standalone mode) and name.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PolicyKey {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl PolicyKey {
+    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
+        Self {
+            namespace: namespace.into(),
+            name: name.into(),
+        }
+    }
+}
+
+impl fmt::Display for PolicyKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.namespace.is_empty() {
+            f.write_str(&self.name)
+        } else {
+            write!(f, "{}/{}", self.namespace, self.name)
+        }
+    }
+}
+
+/// What an `apply` changed, for logs and tests.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Changes {
+    pub started: Vec<String>,
+    pub restarted: Vec<String>,
+    pub stopped: Vec<String>,
+    pub unchanged: Vec<String>,
+}
+
+struct RunningCheck {
+    spec: DependencySpec,
+    slot: Slot,
+    cancel: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+struct RunningPolicy {
+    policy: Policy,
+    checks: BTreeMap<String, RunningCheck>,
+}
+
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    policies: RwLock<BTreeMap<PolicyKey, RunningPolicy>>,
+    connections: Connections,
+    metrics: Arc<Metrics>,
+    cancel: CancellationToken,
+    tasks: TaskTracker,
+    /// Serialises apply/remove so a diff is never computed against a half-applied state.
+    writer: Mutex<()>,
+}
+
+impl Engine {
+    pub fn new(metrics: Arc<Metrics>) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                policies: RwLock::default(),
+                connections: Connections::default(),
+                metrics,
+                cancel: CancellationToken::new(),
+                tasks: TaskTracker::new(),
+                writer: Mutex::new(()),
+            }),
+        }
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.inner.metrics
+    }
+
+    /// Starts, restarts or stops checkers so that `key` runs exactly `policy`.
+    pub fn apply(&self, key: &PolicyKey, policy: Policy) -> Changes {
+        let _writer = self.inner.writer.lock().expect("engine writer lock");
+        let mut changes = Changes::default();
+        let mut previous = self
+            .inner
+            .policies
+            .write()
+            .expect("engine lock")
+            .remove(key)
+            .map(|running| running.checks)
+            .unwrap_or_default();
+        let mut checks = BTreeMap::new();
+        for spec in &policy.dependencies {
+            let check = match previous.remove(&spec.name) {
+                Some(running) if running.spec == *spec => {
+                    changes.unchanged.push(spec.name.clone());
+                    running
+                }
+                Some(running) => {
+                    changes.restarted.push(spec.name.clone());
+                    running.cancel.cancel();
+                    // Same target, new schedule: keep serving the last result until the new
+                    // checker's first, so editing an interval never drops the pod from rotation.
+                    let carried = if running.spec.target == spec.target {
+                        running.slot.lock().expect("check slot lock").clone()
+                    } else {
+                        None
+                    };
+                    self.start(key, spec, carried, Some(running.task))
+                }
+                None => {
+                    changes.started.push(spec.name.clone());
+                    self.start(key, spec, None, None)
+                }
+            };
+            checks.insert(spec.name.clone(), check);
+        }
+        for (name, running) in previous {
+            running.cancel.cancel();
+            changes.stopped.push(name);
+        }
+        {
+            let mut policies = self.inner.policies.write().expect("engine lock");
+            policies.insert(key.clone(), RunningPolicy { policy, checks });
+            self.inner
+                .connections
+                .retain(policies.values().map(|p| &p.policy));
+        }
+        info!(policy = %key, started = ?changes.started, restarted = ?changes.restarted, stopped = ?changes.stopped, "policy applied");
+        changes
+    }
+
+    /// Stops every checker of a policy; its metric series go with them.
+    pub fn remove(&self, key: &PolicyKey) -> bool {
+        let _writer = self.inner.writer.lock().expect("engine writer lock");
+        let mut policies = self.inner.policies.write().expect("engine lock");
+        let Some(running) = policies.remove(key) else {
+            return false;
+        };
+        for check in running.checks.values() {
+            check.cancel.cancel();
+        }
+        for status in ["ok", "degraded", "down"] {
+            let _ = self.inner.metrics.policy_status.remove_label_values(&[
+                &key.namespace,
+                &key.name,
+                status,
+            ]);
+        }
+        self.inner
+            .connections
+            .retain(policies.values().map(|p| &p.policy));
+        info!(policy = %key, "policy removed");
+        true
+    }
+
+    pub fn policies(&self) -> Vec<PolicyKey> {
+        self.inner
+            .policies
+            .read()
+            .expect("engine lock")
+            .keys()
+            .cloned()
+            .collect()
+    }
+
+    /// Readiness of one policy, or `None` if it is not running.
+    pub fn report(&self, key: &PolicyKey) -> Option<Report> {
+        let policies = self.inner.policies.read().expect("engine lock");
+        policies
+            .get(key)
+            .map(|running| self.policy_report(running, Instant::now()))
+    }
+
+    /// Readiness of everything this instance serves. With one policy, checks are keyed by
+    /// dependency name; with several, by `namespace/policy/dependency` so names cannot collide.
+    pub fn report_all(&self) -> Report {
+        let policies = self.inner.policies.read().expect("engine lock");
+        let now = Instant::now();
+        let reports: Vec<(&PolicyKey, Report)> = policies
+            .iter()
+            .map(|(key, running)| (key, self.policy_report(running, now)))
+            .collect();
+        match reports.len() {
+            0 => Report::empty(),
+            1 => reports
+                .into_iter()
+                .next()
+                .map(|(_, r)| r)
+                .expect("one report"),
+            _ => Report::merge(reports),
+        }
+    }
+
+    fn policy_report(&self, running: &RunningPolicy, now: Instant) -> Report {
+        let mut checks = BTreeMap::new();
+        let mut states = Vec::with_capacity(running.checks.len());
+        for (name, check) in &running.checks {
+            let record = check.slot.lock().expect("check slot lock").clone();
+            let state = match &record {
+                Some(r) => effective_state(
+                    r.state,
+                    Some(r.checked_instant),
+                    now,
+                    running.policy.max_staleness,
+                ),
+                None => State::Unknown,
+            };
+            states.push((check.spec.critical, state));
+            checks.insert(
+                name.clone(),
+                CheckView::new(state, check.spec.critical, record.as_ref()),
+            );
+        }
+        Report::new(aggregate(states), running.policy.status_codes, checks)
+    }
+
+    /// Brings the gauges that are derived from the cache up to date; called on each scrape so
+    /// they cost nothing between scrapes.
+    pub fn refresh_metrics(&self) {
+        let policies = self.inner.policies.read().expect("engine lock");
+        let now = Instant::now();
+        let metrics = &self.inner.metrics;
+        for (key, running) in policies.iter() {
+            let status = self.policy_report(running, now).overall;
+            for candidate in [Overall::Ok, Overall::Degraded, Overall::Down] {
+                metrics
+                    .policy_status
+                    .with_label_values(&[&key.namespace, &key.name, candidate.as_str()])
+                    .set(i64::from(candidate == status));
+            }
+        }
+    }
+
+    /// Stops every checker, waits for them and closes the pools.
+    pub async fn shutdown(&self) {
+        self.inner.cancel.cancel();
+        self.inner.tasks.close();
+        self.inner.tasks.wait().await;
+        self.inner.connections.close().await;
+    }
+
+    fn start(
+        &self,
+        key: &PolicyKey,
+        spec: &DependencySpec,
+        carried: Option<CheckRecord>,
+        predecessor: Option<JoinHandle<()>>,
+    ) -> RunningCheck {
+        let slot: Slot = Arc::new(Mutex::new(carried));
+        let cancel = self.inner.cancel.child_token();
+        let checker = Checker {
+            key: key.clone(),
+            spec: spec.clone(),
+            probe: Probe::new(&spec.target, spec.schedule.timeout, &self.inner.connections),
+            slot: slot.clone(),
+            metrics: self.inner.metrics.clone(),
+        };
+        let token = cancel.clone();
+        let task = self.inner.tasks.spawn(async move {
+            // The replaced checker removes its metric series when it stops; waiting for it keeps
+            // that removal from deleting the series this checker is about to write.
+            if let Some(predecessor) = predecessor {
+                let _ = predecessor.await;
+            }
+            checker.run(token).await;
+        });
+        RunningCheck {
+            spec: spec.clone(),
+            slot,
+            cancel,
+            task,
+        }
+    }
+}
