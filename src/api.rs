@@ -6,7 +6,7 @@
 //! fully-defaulted [`crate::policy::Policy`] the engine runs.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
-use kube::{CustomResource, KubeSchema};
+use kube::{CustomResource, CustomResourceExt, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -19,6 +19,11 @@ pub const STATUS_RANGES_PATTERN: &str =
     r"^[1-5][0-9]{2}(-[1-5][0-9]{2})?(,[1-5][0-9]{2}(-[1-5][0-9]{2})?)*$";
 /// Bounds the quadratic unique-name rule so the API server's CEL cost estimate stays in budget.
 pub const MAX_DEPENDENCIES: usize = 64;
+
+/// The CustomResourceDefinition as YAML, exactly as committed in `crds/healthpolicy.yaml`.
+pub fn crd_yaml() -> String {
+    serde_saphyr::to_string(&HealthPolicy::crd()).expect("a CRD always serializes to YAML")
+}
 
 /// Declares the dependencies of a service and how their health decides its readiness.
 #[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, KubeSchema)]

@@ -7,9 +7,14 @@
 pub mod api;
 
 pub use api::{HealthPolicy, HealthPolicySpec};
+pub mod app;
 pub mod checks;
+pub mod cli;
 pub mod engine;
 pub mod health;
 pub mod metrics;
 pub mod policy;
 pub mod secret;
+pub mod server;
+pub mod standalone;
+pub mod telemetry;

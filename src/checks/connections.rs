@@ -88,6 +88,9 @@ impl Connections {
             .lock()
             .expect("connections lock")
             .get_or_insert_with(|| {
+                // Several crates here enable rustls with ring; naming the provider removes the
+                // ambiguity that otherwise makes reqwest panic. An error means one is already set.
+                let _ = rustls::crypto::ring::default_provider().install_default();
                 reqwest::Client::builder()
                     .user_agent(concat!("healthgate/", env!("CARGO_PKG_VERSION")))
                     // A health endpoint that redirects is answering; following it hides that.

@@ -52,7 +52,7 @@ impl HttpProbe {
                 } else {
                     Reason::Connect
                 };
-                return Observation::down(reason, url.scrub(&e.without_url().to_string()));
+                return Observation::down(reason, url.scrub(&error_chain(&e.without_url())));
             }
         };
         let status = response.status().as_u16();
@@ -122,4 +122,16 @@ impl GrpcProbe {
             }
         }
     }
+}
+
+/// "error sending request" alone says nothing; its sources say "connection refused".
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut message = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        message.push_str(": ");
+        message.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    message
 }

@@ -1,0 +1,187 @@
+//! Wiring and lifecycle of the commands: what `main` runs.
+//!
+//! Shutdown has one path: a signal sets the server draining (/ready → 503), after the drain
+//! delay the listener closes and in-flight requests finish, then checkers stop and pools close.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use crate::cli::{CheckArgs, ServeArgs};
+use crate::engine::Engine;
+use crate::health::Overall;
+use crate::metrics::Metrics;
+use crate::secret::SecretUrl;
+use crate::server::users::Users;
+use crate::server::{self, AppState};
+use crate::standalone;
+
+/// Exit codes shared by `serve` and `check`.
+pub const EXIT_OK: u8 = 0;
+pub const EXIT_DEGRADED: u8 = 1;
+pub const EXIT_DOWN_OR_INVALID: u8 = 2;
+
+/// How often `check --wait` re-reads the cache.
+const WAIT_POLL: Duration = Duration::from_millis(200);
+
+pub async fn serve(args: ServeArgs) -> ExitCode {
+    let ServeArgs {
+        policy,
+        listen,
+        database_url,
+        drain_delay,
+        shutdown_timeout,
+    } = args;
+    let Some(policy_path) = policy else {
+        error!(
+            "Kubernetes mode is not available in this build yet; pass --policy FILE (or HEALTHGATE_POLICY)"
+        );
+        return ExitCode::from(EXIT_DOWN_OR_INVALID);
+    };
+    let (key, policy) = match standalone::load(&policy_path) {
+        Ok(loaded) => loaded,
+        Err(e) => {
+            eprintln!("{e}");
+            error!(path = %e.path.display(), problems = ?e.problems, "invalid policy file");
+            return ExitCode::from(EXIT_DOWN_OR_INVALID);
+        }
+    };
+    let users = match Users::new(database_url.map(SecretUrl::new)) {
+        Ok(users) => users,
+        Err(e) => {
+            eprintln!("{e}");
+            error!(error = %e, "invalid database URL");
+            return ExitCode::from(EXIT_DOWN_OR_INVALID);
+        }
+    };
+    let listener = match TcpListener::bind(listen).await {
+        Ok(listener) => listener,
+        Err(e) => {
+            error!(%listen, error = %e, "cannot listen");
+            return ExitCode::from(EXIT_DOWN_OR_INVALID);
+        }
+    };
+
+    let engine = Engine::new(Arc::new(Metrics::new()));
+    engine.apply(&key, policy);
+    let state = AppState::new(engine.clone(), users.clone());
+    let background = CancellationToken::new();
+    let stop_accepting = CancellationToken::new();
+
+    let watcher = tokio::spawn(standalone::watch(
+        policy_path,
+        engine.clone(),
+        key,
+        background.clone(),
+    ));
+    let migration = tokio::spawn({
+        let users = users.clone();
+        let cancel = background.clone();
+        async move { users.migrate_until_ready(cancel).await }
+    });
+    let signals = tokio::spawn(drain_on_signal(
+        state.clone(),
+        drain_delay,
+        stop_accepting.clone(),
+    ));
+
+    info!(%listen, "serving");
+    let server = tokio::spawn(server::serve(
+        listener,
+        state,
+        stop_accepting.clone().cancelled_owned(),
+    ));
+    stop_accepting.cancelled().await;
+    // The server stops accepting at once; in-flight requests get `shutdown_timeout` to finish.
+    if tokio::time::timeout(shutdown_timeout, server)
+        .await
+        .is_err()
+    {
+        warn!(
+            timeout_ms = shutdown_timeout.as_millis() as u64,
+            "in-flight requests did not finish in time"
+        );
+    }
+    background.cancel();
+    let _ = tokio::join!(watcher, migration);
+    signals.abort();
+    engine.shutdown().await;
+    users.close().await;
+    info!("stopped");
+    ExitCode::from(EXIT_OK)
+}
+
+/// First SIGTERM/SIGINT: drain, then stop accepting. A second signal skips the rest of the drain.
+async fn drain_on_signal(
+    state: AppState,
+    drain_delay: Duration,
+    stop_accepting: CancellationToken,
+) {
+    shutdown_signal().await;
+    state.start_draining();
+    info!(
+        drain_delay_ms = drain_delay.as_millis() as u64,
+        "shutdown requested; /ready now reports draining"
+    );
+    tokio::select! {
+        _ = tokio::time::sleep(drain_delay) => {}
+        _ = shutdown_signal() => warn!("second signal; skipping the rest of the drain delay"),
+    }
+    stop_accepting.cancel();
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler installs");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler installs");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
+
+pub async fn check(args: CheckArgs) -> ExitCode {
+    let CheckArgs { policy, wait } = args;
+    let (key, policy) = match standalone::load(&policy) {
+        Ok(loaded) => loaded,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(EXIT_DOWN_OR_INVALID);
+        }
+    };
+    // Every checker gets one full attempt before the first verdict.
+    let first_round = policy
+        .dependencies
+        .iter()
+        .map(|d| d.schedule.timeout)
+        .max()
+        .unwrap_or_default()
+        + Duration::from_millis(100);
+    let engine = Engine::new(Arc::new(Metrics::new()));
+    engine.apply(&key, policy);
+    let started = Instant::now();
+    let deadline = started + wait.unwrap_or_default().max(first_round);
+    let report = loop {
+        let report = engine.report(&key).expect("the policy was just applied");
+        let all_checked = report.checks.values().all(|c| c.checked_at.is_some());
+        let settled = all_checked && (wait.is_none() || report.overall == Overall::Ok);
+        if settled || Instant::now() >= deadline {
+            break report;
+        }
+        tokio::time::sleep(WAIT_POLL).await;
+    };
+    engine.shutdown().await;
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&report).expect("a report serialises")
+    );
+    ExitCode::from(match report.overall {
+        Overall::Ok => EXIT_OK,
+        Overall::Degraded => EXIT_DEGRADED,
+        Overall::Down => EXIT_DOWN_OR_INVALID,
+    })
+}

@@ -1,0 +1,66 @@
+//! Command-line interface. Every flag also reads an environment variable, so the same binary is
+//! configured the same way from a shell, a systemd unit or a Kubernetes manifest.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+use crate::policy::duration;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "healthgate",
+    version,
+    about = "Declarative dependency health checks and readiness probes"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the checkers and serve /health, /ready, /metrics and the example API.
+    Serve(ServeArgs),
+    /// Check a policy once (or until ready) and print the /ready JSON. Exit 0 ok, 1 degraded,
+    /// 2 down or invalid.
+    Check(CheckArgs),
+    /// Print the HealthPolicy CustomResourceDefinition as YAML.
+    Crd,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// Policy file (standalone mode). Without it healthgate watches HealthPolicies in Kubernetes.
+    #[arg(long, env = "HEALTHGATE_POLICY")]
+    pub policy: Option<PathBuf>,
+    /// Address to serve HTTP on.
+    #[arg(long, env = "HEALTHGATE_LISTEN", default_value = "0.0.0.0:8080")]
+    pub listen: SocketAddr,
+    /// PostgreSQL URL of the service's own database (for /api/users).
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// After SIGTERM, how long /ready answers 503 before the listener closes, so load balancers
+    /// stop sending traffic first.
+    #[arg(long, env = "HEALTHGATE_DRAIN_DELAY", default_value = "5s", value_parser = parse_duration)]
+    pub drain_delay: Duration,
+    /// After the listener closes, how long in-flight requests may take before healthgate exits anyway.
+    #[arg(long, env = "HEALTHGATE_SHUTDOWN_TIMEOUT", default_value = "20s", value_parser = parse_duration)]
+    pub shutdown_timeout: Duration,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct CheckArgs {
+    /// Policy file to check.
+    #[arg(long, env = "HEALTHGATE_POLICY")]
+    pub policy: PathBuf,
+    /// Keep checking until the policy is ok or this long has passed (for init containers).
+    #[arg(long, value_parser = parse_duration)]
+    pub wait: Option<Duration>,
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    duration::parse(text)
+}

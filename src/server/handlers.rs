@@ -1,0 +1,103 @@
+use serde_json::json;
+use warp::http::{Method, StatusCode, header};
+use warp::reply::{Reply, Response};
+
+use super::AppState;
+use super::users::Lookup;
+use crate::engine::PolicyKey;
+
+const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+fn json_response(status: u16, body: &impl serde::Serialize) -> Response {
+    let code = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    warp::reply::with_status(warp::reply::json(body), code).into_response()
+}
+
+fn error(status: u16, message: &str) -> Response {
+    json_response(status, &json!({ "error": message }))
+}
+
+fn readable(method: &Method) -> bool {
+    method == Method::GET || method == Method::HEAD
+}
+
+fn method_not_allowed() -> Response {
+    let mut response = error(405, "method not allowed; use GET");
+    response
+        .headers_mut()
+        .insert(header::ALLOW, header::HeaderValue::from_static("GET, HEAD"));
+    response
+}
+
+pub fn not_found() -> Response {
+    error(404, "not found")
+}
+
+/// Liveness: the process answers and its runtime schedules tasks. Touches no dependency, so a
+/// database outage never gets healthy pods restarted.
+pub fn health(method: &Method) -> Response {
+    if !readable(method) {
+        return method_not_allowed();
+    }
+    json_response(200, &json!({ "status": "ok", "probe": "liveness" }))
+}
+
+/// Readiness from the cache only: no dependency I/O, so it answers even when one hangs.
+pub fn ready(state: &AppState, method: &Method, policy: Option<(String, String)>) -> Response {
+    if !readable(method) {
+        return method_not_allowed();
+    }
+    let report = match policy {
+        None => state.engine.report_all(),
+        Some((namespace, name)) => match state.engine.report(&PolicyKey::new(namespace, name)) {
+            Some(report) => report,
+            None => return error(404, "no such policy"),
+        },
+    };
+    if state.is_draining() {
+        let body = json!({ "status": "down", "draining": true, "checks": report.checks });
+        return json_response(report.codes.down, &body);
+    }
+    let code = report.status_code();
+    json_response(code, &report)
+}
+
+pub fn metrics(state: &AppState, method: &Method) -> Response {
+    if !readable(method) {
+        return method_not_allowed();
+    }
+    state.engine.refresh_metrics();
+    state.users.record_pool_metrics(&state.metrics);
+    let mut response = state.metrics.render().into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static(PROMETHEUS_TEXT),
+    );
+    response
+}
+
+pub async fn user(state: &AppState, method: &Method, id: &str) -> Response {
+    if !readable(method) {
+        return method_not_allowed();
+    }
+    match state.users.lookup(id).await {
+        Lookup::Found(body) => {
+            let mut response = body.into_response();
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static("application/json"),
+            );
+            response
+        }
+        Lookup::NotFound => error(404, "user not found"),
+        Lookup::InvalidId => error(
+            400,
+            &format!(
+                "invalid user id: expected 1-{} characters from A-Z a-z 0-9 _ -",
+                super::users::MAX_ID_LEN
+            ),
+        ),
+        Lookup::Unavailable => error(503, "database unavailable"),
+        Lookup::Failed => error(500, "internal error"),
+    }
+}
