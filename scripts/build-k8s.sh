@@ -22,6 +22,12 @@ if ! command -v go >/dev/null; then
   exit 1
 fi
 
+# Go needs a cache directory; without HOME (some CI sandboxes) it has no default, so fall back
+# to one under target/.
+if [ -z "${GOCACHE:-}" ] && [ -z "${HOME:-}" ] && [ -z "${XDG_CACHE_HOME:-}" ]; then
+  export GOCACHE="$root/target/go-cache" GOMODCACHE="${GOMODCACHE:-$root/target/go-mod}"
+fi
+
 mkdir -p "$out"
 
 # Test binaries may run this concurrently (cargo nextest, several `cargo test --test`): one
