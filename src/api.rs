@@ -26,6 +26,8 @@ pub fn crd_yaml() -> String {
 }
 
 /// Declares the dependencies of a service and how their health decides its readiness.
+// The lint reads the repeated `type_ = "string"` of separate printer columns as a duplicate.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, KubeSchema)]
 #[kube(
     group = "healthgate.dev",

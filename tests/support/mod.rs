@@ -1,3 +1,5 @@
 //! Shared helpers for the integration tests; each test binary includes this with `mod support;`.
 
 pub mod apiserver;
+pub mod healthgate;
+pub mod services;

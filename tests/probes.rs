@@ -1,0 +1,345 @@
+//! Readiness against real PostgreSQL and Redis servers that the tests stop, hang and restart.
+
+mod support;
+
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use support::healthgate::Healthgate;
+use support::services::{Postgres, Redis};
+
+const INTERVAL_MS: u64 = 300;
+const TIMEOUT_MS: u64 = 500;
+/// Scheduling noise on a loaded 2-core CI machine; bounds are asserted with this much slack.
+const SLACK: Duration = Duration::from_millis(1500);
+
+fn policy(dependencies: &str, defaults: &str) -> String {
+    format!(
+        "apiVersion: healthgate.dev/v1alpha1\nkind: HealthPolicy\nmetadata: {{name: test}}\nspec:\n  \
+         defaults: {{interval: {INTERVAL_MS}ms, timeout: {TIMEOUT_MS}ms{defaults}}}\n  dependencies:\n{dependencies}"
+    )
+}
+
+fn pg_dep(name: &str) -> String {
+    format!("    - {{name: {name}, type: postgres, postgres: {{urlFrom: {{env: PG_URL}}}}}}\n")
+}
+
+fn redis_dep(name: &str) -> String {
+    format!("    - {{name: {name}, type: redis, redis: {{urlFrom: {{env: REDIS_URL}}}}}}\n")
+}
+
+fn bound(failure_threshold: u64) -> Duration {
+    Duration::from_millis(INTERVAL_MS * failure_threshold + TIMEOUT_MS) + SLACK
+}
+
+#[test]
+fn redis_outage_downs_and_recovery_readies_without_restart() {
+    let pg = Postgres::start();
+    let mut redis = Redis::start();
+    let deps = pg_dep("postgres") + &redis_dep("redis");
+    let hg = Healthgate::start(
+        &policy(&deps, ""),
+        &[("PG_URL", &pg.url()), ("REDIS_URL", &redis.url())],
+        &[],
+    );
+    hg.wait_ready_status(200, Duration::from_secs(10));
+    let ready = hg.get("/ready").json();
+    assert_eq!(ready["status"], "ok");
+    assert_eq!(ready["checks"]["postgres"]["status"], "ok");
+    assert_eq!(ready["checks"]["redis"]["status"], "ok");
+    let checked_at = ready["checks"]["redis"]["checked_at"].as_str().unwrap();
+    assert!(
+        chrono::DateTime::parse_from_rfc3339(checked_at).is_ok(),
+        "{checked_at}"
+    );
+    let pid = hg.pid();
+
+    redis.stop();
+    let took = hg.wait_ready_status(503, bound(1) * 2);
+    assert!(took <= bound(1), "503 after {took:?}, bound {:?}", bound(1));
+    let down = hg.get("/ready").json();
+    assert_eq!(down["status"], "down");
+    assert_eq!(down["checks"]["redis"]["status"], "down");
+    assert_eq!(down["checks"]["redis"]["reason"], "connect", "{down}");
+    assert!(
+        down["checks"]["redis"]["error"]
+            .as_str()
+            .is_some_and(|e| !e.is_empty())
+    );
+    assert_eq!(down["checks"]["postgres"]["status"], "ok");
+    assert_eq!(
+        hg.metric(r#"dependency_up{name="redis",namespace="",policy="test"}"#),
+        Some(0.0)
+    );
+
+    redis.restart();
+    hg.wait_ready_status(200, Duration::from_secs(15));
+    assert_eq!(hg.pid(), pid, "healthgate was not restarted");
+    assert_eq!(
+        hg.metric(r#"dependency_up{name="redis",namespace="",policy="test"}"#),
+        Some(1.0)
+    );
+
+    // A restarted Postgres is picked up too, through the same pool.
+    let mut pg = pg;
+    pg.restart();
+    hg.wait_ready_status(200, Duration::from_secs(15));
+    assert_eq!(
+        hg.get("/ready").json()["checks"]["postgres"]["status"],
+        "ok"
+    );
+}
+
+#[test]
+fn a_hung_postgres_never_hangs_ready() {
+    let pg = Postgres::start();
+    let hg = Healthgate::start(
+        &policy(&pg_dep("postgres"), ""),
+        &[("PG_URL", &pg.url())],
+        &[],
+    );
+    hg.wait_ready_status(200, Duration::from_secs(10));
+
+    pg.pause();
+    let mut slowest = Duration::ZERO;
+    let took = hg.wait_until("/ready 503 with postgres frozen", bound(1) * 2, |hg| {
+        let reply = hg.get("/ready");
+        slowest = slowest.max(reply.elapsed);
+        reply.status == 503
+    });
+    // Keep probing while it stays frozen: every answer still comes from the cache.
+    for _ in 0..20 {
+        let reply = hg.get("/ready");
+        slowest = slowest.max(reply.elapsed);
+        assert_eq!(reply.status, 503);
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    assert!(
+        slowest < Duration::from_millis(50),
+        "slowest /ready took {slowest:?}"
+    );
+    assert!(took <= bound(1), "503 after {took:?}");
+    let body = hg.get("/ready").json();
+    assert_eq!(body["checks"]["postgres"]["reason"], "timeout", "{body}");
+
+    pg.resume();
+    hg.wait_ready_status(200, Duration::from_secs(15));
+}
+
+#[test]
+fn failure_and_success_thresholds_are_applied() {
+    let mut redis = Redis::start();
+    let hg = Healthgate::start(
+        &policy(
+            &redis_dep("redis"),
+            ", failureThreshold: 3, successThreshold: 2",
+        ),
+        &[("REDIS_URL", &redis.url())],
+        &[],
+    );
+    hg.wait_ready_status(200, Duration::from_secs(10));
+    let down_results = |hg: &Healthgate| {
+        hg.metric(r#"healthgate_check_results_total{name="redis",namespace="",policy="test",reason="connect",result="down",type="redis"}"#)
+            .unwrap_or(0.0)
+    };
+
+    redis.stop();
+    // The first failures are tolerated: still ready, with the error visible.
+    hg.wait_until("a tolerated failure", Duration::from_secs(5), |hg| {
+        let body = hg.get("/ready").json();
+        body["checks"]["redis"]["error"].is_string() && body["status"] == "ok"
+    });
+    hg.wait_ready_status(503, bound(3) * 2);
+    let failures = down_results(&hg);
+    assert!(
+        failures >= 3.0,
+        "down after {failures} failures, threshold 3"
+    );
+
+    redis.restart();
+    hg.wait_ready_status(200, Duration::from_secs(15));
+    let successes_while_down = hg
+        .metric(r#"healthgate_check_results_total{name="redis",namespace="",policy="test",reason="ok",result="ok",type="redis"}"#)
+        .unwrap();
+    // One success before the outage (at least) plus two to recover.
+    assert!(successes_while_down >= 3.0, "{successes_while_down}");
+}
+
+#[test]
+fn queue_depth_degrades_then_downs() {
+    let redis = Redis::start();
+    let deps = "    - {name: jobs, type: redisQueue, redisQueue: {urlFrom: {env: REDIS_URL}, key: jobs, degradedAbove: 5, downAbove: 10}}\n    \
+                - {name: events, type: redisQueue, critical: false, redisQueue: {urlFrom: {env: REDIS_URL}, key: events, kind: stream, group: workers, degradedAbove: 1, downAbove: 2}}\n";
+    redis.cmd::<String>(&["XGROUP", "CREATE", "events", "workers", "$", "MKSTREAM"]);
+    let hg = Healthgate::start(&policy(deps, ""), &[("REDIS_URL", &redis.url())], &[]);
+    hg.wait_ready_status(200, Duration::from_secs(10));
+    assert_eq!(
+        hg.get("/ready").json()["checks"]["jobs"]["detail"],
+        "depth=0"
+    );
+
+    let push = |n: usize| {
+        for _ in 0..n {
+            redis.cmd::<i64>(&["RPUSH", "jobs", "job"]);
+        }
+    };
+    push(6);
+    hg.wait_ready_status(207, Duration::from_secs(5));
+    let body = hg.get("/ready").json();
+    assert_eq!(body["checks"]["jobs"]["status"], "degraded");
+    assert_eq!(body["checks"]["jobs"]["reason"], "queue_depth");
+    assert_eq!(body["checks"]["jobs"]["detail"], "depth=6");
+
+    push(5);
+    hg.wait_ready_status(503, Duration::from_secs(5));
+    redis.cmd::<i64>(&["DEL", "jobs"]);
+    hg.wait_ready_status(200, Duration::from_secs(5));
+
+    // Stream consumer-group pending entries: three delivered, none acknowledged.
+    for _ in 0..3 {
+        redis.cmd::<String>(&["XADD", "events", "*", "k", "v"]);
+    }
+    redis.cmd::<redis::Value>(&[
+        "XREADGROUP",
+        "GROUP",
+        "workers",
+        "c1",
+        "COUNT",
+        "10",
+        "STREAMS",
+        "events",
+        ">",
+    ]);
+    hg.wait_until("pending entries counted", Duration::from_secs(5), |hg| {
+        hg.get("/ready").json()["checks"]["events"]["detail"] == "depth=3"
+    });
+    // Non-critical and above downAbove: the service is degraded, not down.
+    let body = hg.get("/ready").json();
+    assert_eq!(body["checks"]["events"]["status"], "down");
+    assert_eq!(body["status"], "degraded");
+}
+
+#[test]
+fn a_failing_non_critical_dependency_degrades() {
+    let redis = Redis::start();
+    let closed = support::services::free_port();
+    let deps = redis_dep("redis")
+        + &format!(
+            "    - {{name: smtp, type: tcp, critical: false, tcp: {{address: '127.0.0.1:{closed}'}}}}\n"
+        );
+    let hg = Healthgate::start(&policy(&deps, ""), &[("REDIS_URL", &redis.url())], &[]);
+    hg.wait_ready_status(207, Duration::from_secs(10));
+    let body = hg.get("/ready").json();
+    assert_eq!(body["status"], "degraded");
+    assert_eq!(body["checks"]["smtp"]["status"], "down");
+    assert_eq!(body["checks"]["smtp"]["critical"], false);
+    assert_eq!(body["checks"]["redis"]["status"], "ok");
+}
+
+#[test]
+fn custom_status_codes_are_used() {
+    let closed = support::services::free_port();
+    let deps = format!("    - {{name: smtp, type: tcp, tcp: {{address: '127.0.0.1:{closed}'}}}}\n");
+    let text = policy(&deps, "").replace(
+        "  defaults:",
+        "  statusCodes: {ok: 204, degraded: 299, down: 500}\n  defaults:",
+    );
+    let hg = Healthgate::start(&text, &[], &[]);
+    hg.wait_ready_status(500, Duration::from_secs(10));
+}
+
+#[test]
+fn sigterm_drains_readiness_first_then_exits_cleanly() {
+    let pg = Postgres::start();
+    let redis = Redis::start();
+    let env = [("REDIS_URL", redis.url()), ("DATABASE_URL", pg.url())];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let mut hg = Healthgate::start(
+        &policy(&redis_dep("redis"), ""),
+        &env,
+        &["--drain-delay", "1500ms"],
+    );
+    hg.wait_ready_status(200, Duration::from_secs(10));
+    hg.wait_until("users table migrated", Duration::from_secs(10), |hg| {
+        hg.get("/api/users/nobody").status == 404
+    });
+
+    // Clients keep calling during the drain delay, as a load balancer does until it has seen
+    // readiness fail; every one of those requests must be served.
+    let port = hg.port;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let clients: Vec<_> = (0..3)
+        .map(|_| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let (mut served, mut failed) = (0, Vec::new());
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    match support::healthgate::http_get(port, "/health", Duration::from_secs(5)) {
+                        Ok(reply) if reply.status == 200 => served += 1,
+                        Ok(reply) => failed.push(format!("status {}", reply.status)),
+                        Err(e) => failed.push(e.to_string()),
+                    }
+                }
+                (served, failed)
+            })
+        })
+        .collect();
+
+    std::thread::sleep(Duration::from_millis(200));
+    let signalled = std::time::Instant::now();
+    hg.signal(Signal::SIGTERM);
+    hg.wait_until("draining /ready", Duration::from_millis(500), |hg| {
+        hg.try_get("/ready")
+            .is_ok_and(|r| r.status == 503 && r.json()["draining"] == true)
+    });
+    assert_eq!(
+        hg.get("/health").status,
+        200,
+        "liveness stays up while draining"
+    );
+    std::thread::sleep(Duration::from_millis(800));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (mut served, mut failed) = (0, Vec::new());
+    for client in clients {
+        let (s, f) = client.join().unwrap();
+        served += s;
+        failed.extend(f);
+    }
+    assert!(
+        served > 10,
+        "clients were served during the drain ({served})"
+    );
+    assert!(
+        failed.is_empty(),
+        "requests failed during the drain: {failed:?}"
+    );
+
+    // A request still in flight when the listener closes: the database hangs, so it takes the
+    // 2 s query timeout, well past the end of the drain delay, and must still get its answer.
+    pg.pause();
+    let slow = std::thread::spawn(move || {
+        support::healthgate::http_get(port, "/api/users/someone", Duration::from_secs(10))
+    });
+    let slow = slow
+        .join()
+        .unwrap()
+        .expect("the in-flight request got a complete response");
+    pg.resume();
+    assert_eq!(slow.status, 503, "{}", slow.body);
+    assert!(
+        signalled.elapsed() > Duration::from_millis(1500),
+        "the request outlived the drain delay"
+    );
+    assert!(
+        support::healthgate::http_get(port, "/health", Duration::from_secs(1)).is_err(),
+        "the listener is closed after the drain delay"
+    );
+
+    let status = hg.wait_exit(Duration::from_secs(10));
+    assert!(status.success(), "exit status {status}");
+    let logs = hg.logs().join("\n");
+    assert!(
+        logs.contains("shutdown requested") && logs.contains("\"stopped\""),
+        "{logs}"
+    );
+}

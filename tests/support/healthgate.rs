@@ -1,0 +1,255 @@
+//! Runs the real `healthgate` binary as a child process and talks to it over real sockets.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+use super::services::free_port;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_healthgate");
+
+pub struct Healthgate {
+    pub port: u16,
+    pub dir: tempfile::TempDir,
+    child: Option<Child>,
+    logs: Arc<Mutex<Vec<String>>>,
+}
+
+pub struct Reply {
+    pub status: u16,
+    pub body: String,
+    pub elapsed: Duration,
+}
+
+impl Reply {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+    }
+}
+
+impl Healthgate {
+    /// Starts `healthgate serve` with `policy` as its policy file.
+    pub fn start(policy: &str, env: &[(&str, &str)], args: &[&str]) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("healthgate-run-")
+            .tempdir()
+            .unwrap();
+        std::fs::write(dir.path().join("policy.yaml"), policy).unwrap();
+        let port = free_port();
+        let mut cmd = Command::new(BIN);
+        cmd.arg("serve")
+            .arg("--policy")
+            .arg(dir.path().join("policy.yaml"))
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(args)
+            .envs(env.iter().copied())
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        // SAFETY: only async-signal-safe prctl between fork and exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from)
+            });
+        }
+        if !args.contains(&"--drain-delay") {
+            // Tests that do not exercise draining should not wait out the 5 s default.
+            cmd.args(["--drain-delay", "200ms"]);
+        }
+        let mut child = cmd.spawn().expect("starting healthgate");
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        for stream in [
+            Box::new(child.stdout.take().unwrap()) as Box<dyn Read + Send>,
+            Box::new(child.stderr.take().unwrap()),
+        ] {
+            let logs = logs.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    logs.lock().unwrap().push(line);
+                }
+            });
+        }
+        let mut hg = Self {
+            port,
+            dir,
+            child: Some(child),
+            logs,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while hg.try_get("/health").is_err() {
+            if let Some(status) = hg.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!(
+                    "healthgate exited with {status} before listening:\n{}",
+                    hg.logs().join("\n")
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "healthgate not listening after 20s:\n{}",
+                hg.logs().join("\n")
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        hg
+    }
+
+    pub fn policy_path(&self) -> PathBuf {
+        self.dir.path().join("policy.yaml")
+    }
+
+    pub fn write_policy(&self, policy: &str) {
+        // Write-then-rename, as editors and ConfigMap updates do, so a reload never sees half a file.
+        let tmp = self.dir.path().join("policy.yaml.tmp");
+        std::fs::write(&tmp, policy).unwrap();
+        std::fs::rename(tmp, self.policy_path()).unwrap();
+    }
+
+    pub fn logs(&self) -> Vec<String> {
+        self.logs.lock().unwrap().clone()
+    }
+
+    pub fn try_get(&self, path: &str) -> std::io::Result<Reply> {
+        http_get(self.port, path, Duration::from_secs(5))
+    }
+
+    pub fn get(&self, path: &str) -> Reply {
+        self.try_get(path)
+            .unwrap_or_else(|e| panic!("GET {path}: {e}\nlogs:\n{}", self.logs().join("\n")))
+    }
+
+    /// Polls until `done` holds; returns how long it took.
+    pub fn wait_until(
+        &self,
+        what: &str,
+        timeout: Duration,
+        mut done: impl FnMut(&Self) -> bool,
+    ) -> Duration {
+        let started = Instant::now();
+        loop {
+            if done(self) {
+                return started.elapsed();
+            }
+            if started.elapsed() > timeout {
+                panic!(
+                    "timed out after {timeout:?} waiting for {what}\nlogs:\n{}",
+                    self.logs().join("\n")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn wait_ready_status(&self, status: u16, timeout: Duration) -> Duration {
+        self.wait_until(&format!("/ready {status}"), timeout, |hg| {
+            hg.try_get("/ready").is_ok_and(|r| r.status == status)
+        })
+    }
+
+    pub fn signal(&self, signal: Signal) {
+        let pid = self.child.as_ref().expect("running").id();
+        kill(Pid::from_raw(pid as i32), signal).unwrap();
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// Waits for the process to exit and returns its status.
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let child = self.child.as_mut().expect("running");
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                self.child = None;
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "healthgate did not exit within {timeout:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The value of one sample in /metrics, by name and labels (`{a="b",…}` exactly as rendered).
+    pub fn metric(&self, series: &str) -> Option<f64> {
+        let metrics = self.get("/metrics").body;
+        metrics.lines().find_map(|line| {
+            line.strip_prefix(series)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse()
+                .ok()
+        })
+    }
+}
+
+impl Drop for Healthgate {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A minimal HTTP/1.1 GET over a fresh connection, so each call measures a whole request.
+pub fn http_get(port: u16, path: &str, timeout: Duration) -> std::io::Result<Reply> {
+    request(port, "GET", path, timeout)
+}
+
+pub fn request(port: u16, method: &str, path: &str, timeout: Duration) -> std::io::Result<Reply> {
+    let started = Instant::now();
+    let mut stream = TcpStream::connect(("127.0.0.1", port))?;
+    stream.set_read_timeout(Some(timeout))?;
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw)?;
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| std::io::Error::other(format!("incomplete response: {text:?}")))?;
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("no status line: {head:?}")))?;
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(body)
+    } else {
+        body.to_string()
+    };
+    Ok(Reply {
+        status,
+        body,
+        elapsed: started.elapsed(),
+    })
+}
+
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let size = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if size == 0 {
+            break;
+        }
+        out.push_str(&rest[..size]);
+        body = rest[size..].trim_start_matches("\r\n");
+    }
+    out
+}
