@@ -376,3 +376,18 @@ pub struct DependencyStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_transition_time: Option<String>,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn committed_crd_is_generated_from_these_types() {
+        // Regenerate with `cargo run --bin crdgen > crds/healthpolicy.yaml`.
+        assert_eq!(
+            crd_yaml(),
+            include_str!("../crds/healthpolicy.yaml"),
+            "crds/healthpolicy.yaml is stale"
+        );
+    }
+}

@@ -80,7 +80,7 @@ pub fn parse(text: &str, path: &Path) -> Result<(PolicyKey, Policy), Vec<String>
     let mut unknown = Vec::new();
     let parsed: Result<HealthPolicy, _> = serde_path_to_error::deserialize(
         serde_ignored::Deserializer::new(document, &mut |field: serde_ignored::Path| {
-            unknown.push(field.to_string())
+            unknown.push(field_path(&field))
         }),
     );
     // The generated resource type checks apiVersion and kind itself (above), not through serde.
@@ -116,6 +116,22 @@ pub fn parse(text: &str, path: &Path) -> Result<(PolicyKey, Policy), Vec<String>
         name,
     );
     Ok((key, policy))
+}
+
+/// Renders an ignored-field path the way validation errors name fields: `a.b[1].c`.
+fn field_path(path: &serde_ignored::Path) -> String {
+    use serde_ignored::Path;
+    match path {
+        Path::Root => String::new(),
+        Path::Seq { parent, index } => format!("{}[{index}]", field_path(parent)),
+        Path::Map { parent, key } => match field_path(parent) {
+            prefix if prefix.is_empty() => key.clone(),
+            prefix => format!("{prefix}.{key}"),
+        },
+        Path::Some { parent }
+        | Path::NewtypeStruct { parent }
+        | Path::NewtypeVariant { parent } => field_path(parent),
+    }
 }
 
 /// Re-applies the file whenever its content changes, until cancelled.

@@ -193,10 +193,15 @@ impl Engine {
 
     /// Readiness of one policy, or `None` if it is not running.
     pub fn report(&self, key: &PolicyKey) -> Option<Report> {
+        self.report_at(key, Instant::now())
+    }
+
+    /// Readiness as it will be at `now`; lets tests see staleness without waiting for it.
+    pub fn report_at(&self, key: &PolicyKey, now: Instant) -> Option<Report> {
         let policies = self.inner.policies.read().expect("engine lock");
         policies
             .get(key)
-            .map(|running| self.policy_report(running, Instant::now()))
+            .map(|running| self.policy_report(running, now))
     }
 
     /// Readiness of everything this instance serves. With one policy, checks are keyed by
