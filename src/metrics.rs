@@ -2,7 +2,8 @@
 //! templates (never raw paths), dependency names from validated policies, closed reason sets.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 /// The request-latency buckets the dashboards and SLO alerts are written against.
@@ -14,6 +15,14 @@ const CHECK_BUCKETS: &[f64] = &[
 
 pub const DEPENDENCY_LABELS: &[&str] = &["namespace", "policy", "name"];
 
+/// `result` values of `healthgate_reconciles_total`, pre-created so `rate()` has a series from
+/// the first scrape on.
+pub const RECONCILE_RESULTS: &[&str] = &["success", "error"];
+
+/// `reason` values of `healthgate_trace_spans_dropped_total`: the export queue was full, or the
+/// collector did not take a batch (down, slow, refused).
+pub const SPAN_DROP_REASONS: &[&str] = &["queue_full", "export_failed"];
+
 pub struct Metrics {
     registry: Registry,
     pub http_requests: IntCounterVec,
@@ -24,6 +33,14 @@ pub struct Metrics {
     pub check_results: IntCounterVec,
     pub dependency_state: IntGaugeVec,
     pub policy_status: IntGaugeVec,
+    pub queue_depth: IntGaugeVec,
+    pub check_last_run: IntGaugeVec,
+    pub reconciles: IntCounterVec,
+    pub reconcile_errors: IntCounterVec,
+    pub leader: IntGauge,
+    pub status_writes: IntCounter,
+    pub spans_dropped: IntCounterVec,
+    pub spans_exported: IntCounter,
 }
 
 impl Metrics {
@@ -95,6 +112,53 @@ impl Metrics {
             &["namespace", "policy", "status"],
         )
         .expect("valid metric");
+        let queue_depth = IntGaugeVec::new(
+            Opts::new(
+                "healthgate_queue_depth",
+                "Messages waiting in a checked queue (list length, stream length or pending entries) when it was last read.",
+            ),
+            DEPENDENCY_LABELS,
+        )
+        .expect("valid metric");
+        let check_last_run = IntGaugeVec::new(
+            Opts::new(
+                "healthgate_check_last_run_timestamp_seconds",
+                "Unix time at which the dependency's last check finished, in seconds.",
+            ),
+            DEPENDENCY_LABELS,
+        )
+        .expect("valid metric");
+        let reconciles = IntCounterVec::new(
+            Opts::new(
+                "healthgate_reconciles_total",
+                "HealthPolicy reconciliations by result (success, error).",
+            ),
+            &["result"],
+        )
+        .expect("valid metric");
+        let reconcile_errors = IntCounterVec::new(
+            Opts::new(
+                "healthgate_reconcile_errors_total",
+                "Failed HealthPolicy reconciliations by bounded error reason.",
+            ),
+            &["reason"],
+        )
+        .expect("valid metric");
+        let leader = IntGauge::new(
+            "healthgate_leader",
+            "1 while this replica holds the leader lease and writes policy status, else 0.",
+        )
+        .expect("valid metric");
+        let status_writes = IntCounter::new(
+            "healthgate_status_writes_total",
+            "HealthPolicy status updates written to the Kubernetes API.",
+        )
+        .expect("valid metric");
+        let spans_dropped = span_exports().dropped.clone();
+        let spans_exported = span_exports().exported.clone();
+        for result in RECONCILE_RESULTS {
+            reconciles.with_label_values(&[result]);
+        }
         for collector in [
             Box::new(http_requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(http_duration.clone()),
@@ -104,6 +168,14 @@ impl Metrics {
             Box::new(check_results.clone()),
             Box::new(dependency_state.clone()),
             Box::new(policy_status.clone()),
+            Box::new(queue_depth.clone()),
+            Box::new(check_last_run.clone()),
+            Box::new(reconciles.clone()),
+            Box::new(reconcile_errors.clone()),
+            Box::new(leader.clone()),
+            Box::new(status_writes.clone()),
+            Box::new(spans_dropped.clone()),
+            Box::new(spans_exported.clone()),
         ] {
             registry
                 .register(collector)
@@ -119,6 +191,14 @@ impl Metrics {
             check_results,
             dependency_state,
             policy_status,
+            queue_depth,
+            check_last_run,
+            reconciles,
+            reconcile_errors,
+            leader,
+            status_writes,
+            spans_dropped,
+            spans_exported,
         }
     }
 
@@ -143,6 +223,36 @@ impl Metrics {
             .with_label_values(&labels)
             .observe(seconds);
     }
+}
+
+/// The trace exporter's counters. The exporter is process-wide and starts before any registry
+/// exists, so these live in a static that every [`Metrics`] registers.
+pub struct SpanExportMetrics {
+    pub dropped: IntCounterVec,
+    pub exported: IntCounter,
+}
+
+pub fn span_exports() -> &'static SpanExportMetrics {
+    static METRICS: std::sync::OnceLock<SpanExportMetrics> = std::sync::OnceLock::new();
+    METRICS.get_or_init(|| {
+        let dropped = IntCounterVec::new(
+            Opts::new(
+                "healthgate_trace_spans_dropped_total",
+                "Finished trace spans that were not exported, by reason (queue_full, export_failed).",
+            ),
+            &["reason"],
+        )
+        .expect("valid metric");
+        for reason in SPAN_DROP_REASONS {
+            dropped.with_label_values(&[reason]);
+        }
+        let exported = IntCounter::new(
+            "healthgate_trace_spans_exported_total",
+            "Trace spans the OTLP collector accepted.",
+        )
+        .expect("valid metric");
+        SpanExportMetrics { dropped, exported }
+    })
 }
 
 impl Default for Metrics {

@@ -21,6 +21,8 @@ pub struct Observation {
     pub reason: Reason,
     pub detail: Option<String>,
     pub error: Option<String>,
+    /// Messages waiting, for queue checks; exported as `healthgate_queue_depth`.
+    pub queue_depth: Option<u64>,
 }
 
 impl Observation {
@@ -30,6 +32,7 @@ impl Observation {
             reason: Reason::Ok,
             detail: detail.into(),
             error: None,
+            queue_depth: None,
         }
     }
 
@@ -39,6 +42,7 @@ impl Observation {
             reason,
             detail: None,
             error: Some(error.into()),
+            queue_depth: None,
         }
     }
 

@@ -110,6 +110,7 @@ pub fn judge_depth(
         reason,
         detail,
         error: None,
+        queue_depth: Some(depth),
     }
 }
 

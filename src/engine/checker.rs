@@ -168,6 +168,14 @@ impl Checker {
         m.dependency_up
             .with_label_values(&[ns, policy, name])
             .set(i64::from(observation.outcome != Outcome::Down));
+        m.check_last_run
+            .with_label_values(&[ns, policy, name])
+            .set(Utc::now().timestamp());
+        if let Some(depth) = observation.queue_depth {
+            m.queue_depth
+                .with_label_values(&[ns, policy, name])
+                .set(i64::try_from(depth).unwrap_or(i64::MAX));
+        }
         for candidate in State::ALL {
             m.dependency_state
                 .with_label_values(&[ns, policy, name, candidate.as_str()])
@@ -187,6 +195,8 @@ impl Checker {
                 .remove_label_values(&[ns, policy, name, kind, result, reason]);
         }
         let _ = m.dependency_up.remove_label_values(&[ns, policy, name]);
+        let _ = m.check_last_run.remove_label_values(&[ns, policy, name]);
+        let _ = m.queue_depth.remove_label_values(&[ns, policy, name]);
         for state in State::ALL {
             let _ = m
                 .dependency_state

@@ -3,3 +3,4 @@
 pub mod apiserver;
 pub mod healthgate;
 pub mod services;
+pub mod tools;

@@ -1,0 +1,278 @@
+//! The observability tools the tests drive: promtool and a real Prometheus (Debian package),
+//! the rotel OTLP collector and the Python OTLP sink (a virtualenv), and the dashboard
+//! type-check project (npm). All are installed by `scripts/install-test-tools.sh`.
+#![allow(dead_code)]
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
+use std::os::unix::process::CommandExt;
+
+use super::healthgate::{Reply, http_get};
+use super::services::{REPO, free_port};
+
+/// Runs the install script once per test binary.
+pub fn ensure_tools() {
+    static INSTALLED: OnceLock<()> = OnceLock::new();
+    INSTALLED.get_or_init(|| {
+        let status = Command::new(format!("{REPO}/scripts/install-test-tools.sh"))
+            .status()
+            .expect("running scripts/install-test-tools.sh");
+        assert!(
+            status.success(),
+            "scripts/install-test-tools.sh failed: {status}"
+        );
+    });
+}
+
+/// A program from the tools virtualenv (rotel-agent, python).
+pub fn venv_bin(name: &str) -> PathBuf {
+    ensure_tools();
+    let tools = std::env::var_os("HEALTHGATE_TOOLS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(REPO).join("target/test-tools"));
+    let path = tools.join("venv/bin").join(name);
+    assert!(path.exists(), "{} is missing", path.display());
+    path
+}
+
+/// The rotel collector binary, shipped inside the `rotel` Python package.
+pub fn rotel_agent() -> PathBuf {
+    let out = Command::new(venv_bin("python"))
+        .args([
+            "-c",
+            "import os, rotel; print(os.path.join(os.path.dirname(rotel.__file__), 'rotel-agent'))",
+        ])
+        .output()
+        .expect("locating rotel-agent");
+    let path = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    assert!(path.exists(), "rotel-agent not found: {}", path.display());
+    path
+}
+
+pub struct Output {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs `promtool` with `args`, feeding `stdin`.
+pub fn promtool(args: &[&str], stdin: Option<&str>, dir: Option<&Path>) -> Output {
+    ensure_tools();
+    let mut cmd = Command::new("promtool");
+    cmd.args(args)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    if let Some(dir) = dir {
+        cmd.current_dir(dir);
+    }
+    let mut child = cmd.spawn().expect("running promtool");
+    if let Some(input) = stdin {
+        use std::io::Write;
+        let mut pipe = child.stdin.take().unwrap();
+        pipe.write_all(input.as_bytes()).unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    Output {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// A child process killed (with its group) on drop, whose output goes to a log file.
+pub struct Daemon {
+    pub name: &'static str,
+    child: Option<Child>,
+    pub log: PathBuf,
+}
+
+impl Daemon {
+    pub fn spawn(name: &'static str, mut cmd: Command, log: PathBuf) -> Self {
+        let file = std::fs::File::create(&log).expect("log file");
+        cmd.stdin(Stdio::null())
+            .stdout(file.try_clone().unwrap())
+            .stderr(file)
+            .process_group(0);
+        // SAFETY: only async-signal-safe prctl between fork and exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from)
+            });
+        }
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {name}: {e}"));
+        Self {
+            name,
+            child: Some(child),
+            log,
+        }
+    }
+
+    pub fn log(&self) -> String {
+        let mut text = String::new();
+        if let Ok(mut f) = std::fs::File::open(&self.log) {
+            let _ = f.read_to_string(&mut text);
+        }
+        text
+    }
+
+    /// Panics with the log if the process has exited.
+    pub fn assert_running(&mut self) {
+        if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+            panic!("{} exited with {status}:\n{}", self.name, self.log());
+        }
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(child.id() as i32),
+                Signal::SIGKILL,
+            );
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+pub fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+pub fn urlencode(text: &str) -> String {
+    utf8_percent_encode(text, NON_ALPHANUMERIC).to_string()
+}
+
+/// A real Prometheus server on loopback with its own config and a throwaway TSDB.
+pub struct Prometheus {
+    pub port: u16,
+    dir: tempfile::TempDir,
+    daemon: Daemon,
+}
+
+/// Short enough that a test sees several samples within seconds; `rate()` needs two.
+pub const SCRAPE_INTERVAL: &str = "1s";
+
+impl Prometheus {
+    /// Scrapes each of `targets` (`host:port`) as job `healthgate`, with `extra_labels` on
+    /// every series (as Kubernetes service discovery would add `namespace`, `pod`).
+    pub fn start(targets: &[String], extra_labels: &[(&str, &str)]) -> Self {
+        ensure_tools();
+        let dir = tempfile::Builder::new()
+            .prefix("healthgate-prom-")
+            .tempdir()
+            .unwrap();
+        let port = free_port();
+        let labels: String = extra_labels
+            .iter()
+            .map(|(k, v)| format!("          {k}: {v:?}\n"))
+            .collect();
+        let targets: Vec<String> = targets.iter().map(|t| format!("{t:?}")).collect();
+        let config = format!(
+            "global:\n  scrape_interval: {SCRAPE_INTERVAL}\n  evaluation_interval: {SCRAPE_INTERVAL}\n\
+             scrape_configs:\n  - job_name: healthgate\n    static_configs:\n      - targets: [{}]\n        labels:\n{labels}",
+            targets.join(", ")
+        );
+        std::fs::write(dir.path().join("prometheus.yml"), &config).unwrap();
+        let check = promtool(
+            &["check", "config", "prometheus.yml"],
+            None,
+            Some(dir.path()),
+        );
+        assert_eq!(check.code, 0, "{config}\n{}{}", check.stdout, check.stderr);
+        let mut cmd = Command::new("prometheus");
+        cmd.arg(format!(
+            "--config.file={}",
+            dir.path().join("prometheus.yml").display()
+        ))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.path().join("data").display()
+        ))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .arg("--log.level=warn");
+        let log = dir.path().join("prometheus.log");
+        let mut prom = Self {
+            port,
+            daemon: Daemon::spawn("prometheus", cmd, log),
+            dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            prom.daemon.assert_running();
+            if http_get(port, "/-/ready", Duration::from_secs(2)).is_ok_and(|r| r.status == 200) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "prometheus not ready:\n{}",
+                prom.daemon.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        prom
+    }
+
+    pub fn log(&self) -> String {
+        self.daemon.log()
+    }
+
+    fn api(&self, path: &str) -> serde_json::Value {
+        let reply: Reply = http_get(self.port, path, Duration::from_secs(10))
+            .unwrap_or_else(|e| panic!("prometheus {path}: {e}"));
+        serde_json::from_str(&reply.body)
+            .unwrap_or_else(|e| panic!("prometheus {path}: not JSON ({e}): {}", reply.body))
+    }
+
+    /// An instant query; the whole API answer (`status`, `data`, `error`).
+    pub fn query(&self, promql: &str) -> serde_json::Value {
+        self.api(&format!("/api/v1/query?query={}", urlencode(promql)))
+    }
+
+    /// A range query over the last `seconds`, as a dashboard panel runs it.
+    pub fn query_range(&self, promql: &str, seconds: u64, step: u64) -> serde_json::Value {
+        let end = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        self.api(&format!(
+            "/api/v1/query_range?query={}&start={}&end={end}&step={step}",
+            urlencode(promql),
+            end - seconds
+        ))
+    }
+
+    /// The health of every scrape target (`up`, `down`, `unknown`).
+    pub fn target_health(&self) -> Vec<String> {
+        let targets = self.api("/api/v1/targets");
+        targets["data"]["activeTargets"]
+            .as_array()
+            .map(|t| {
+                t.iter()
+                    .map(|t| t["health"].as_str().unwrap_or("").to_string())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
