@@ -215,6 +215,18 @@ impl Metrics {
         String::from_utf8(buffer).expect("the text format is UTF-8")
     }
 
+    /// One finished reconciliation: `Ok` counts a success, `Err(reason)` an error with its
+    /// bounded reason (`Error::metric_label`).
+    pub fn record_reconcile(&self, outcome: Result<(), &str>) {
+        match outcome {
+            Ok(()) => self.reconciles.with_label_values(&["success"]).inc(),
+            Err(reason) => {
+                self.reconciles.with_label_values(&["error"]).inc();
+                self.reconcile_errors.with_label_values(&[reason]).inc();
+            }
+        }
+    }
+
     pub fn record_request(&self, method: &str, route: &str, status: u16, seconds: f64) {
         let status = status.to_string();
         let labels = [method, route, status.as_str()];
