@@ -4,20 +4,34 @@
 
 mod support;
 
-use std::time::Duration;
+use std::collections::BTreeSet;
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
-use support::healthgate::Healthgate;
-use support::services::{Postgres, Redis};
-use support::tools::promtool;
+use serde_json::Value;
+use support::healthgate::{Healthgate, http_get};
+use support::services::{Postgres, REPO, Redis};
+use support::tools::{Prometheus, SCRAPE_INTERVAL, ensure_tools, promtool};
 
-/// A policy exercising every dependency kind that standalone mode can check for real here.
+const DASHBOARD: &str = "manifests/monitoring/grafana-dashboard.json";
+const DASHBOARD_CONFIGMAP: &str = "manifests/monitoring/grafana-dashboard-configmap.yaml";
+/// The policy's namespace, also the `namespace` target label Prometheus adds (as Kubernetes
+/// service discovery does for the pod's namespace).
+const NAMESPACE: &str = "shop";
+const POLICY: &str = "obs";
+
+/// A policy exercising the dependency kinds that standalone mode can check for real here. The
+/// TCP dependency is critical and nothing listens there, so /ready answers 503 and the
+/// dashboard's error panels have 5xx responses to show.
 fn policy() -> String {
     "apiVersion: healthgate.dev/v1alpha1\nkind: HealthPolicy\nmetadata: {name: obs, namespace: shop}\nspec:\n  \
      defaults: {interval: 300ms, timeout: 500ms}\n  dependencies:\n    \
      - {name: postgres, type: postgres, postgres: {urlFrom: {env: PG_URL}}}\n    \
      - {name: redis, type: redis, redis: {urlFrom: {env: REDIS_URL}}}\n    \
      - {name: jobs, type: redisQueue, redisQueue: {urlFrom: {env: REDIS_URL}, key: jobs, degradedAbove: 5, downAbove: 10}}\n    \
-     - {name: nothing-listens, type: tcp, critical: false, tcp: {address: \"127.0.0.1:1\"}}\n"
+     - {name: nothing-listens, type: tcp, tcp: {address: \"127.0.0.1:1\"}}\n"
         .to_string()
 }
 
@@ -45,10 +59,24 @@ fn busy_healthgate(pg: &Postgres, redis: &Redis) -> Healthgate {
         hg.try_get("/api/users/nobody")
             .is_ok_and(|r| r.status == 404)
     });
-    for path in ["/health", "/ready", "/ready/shop/obs", "/no/such/route"] {
+    traffic(&hg);
+    hg
+}
+
+/// One round of every kind of request: probes, the users API (found, missing, invalid id),
+/// metrics and an unmatched path.
+fn traffic(hg: &Healthgate) {
+    for path in [
+        "/health",
+        "/ready",
+        "/ready/shop/obs",
+        "/api/users/nobody",
+        "/api/users/bad.id",
+        "/metrics",
+        "/no/such/route",
+    ] {
         hg.get(path);
     }
-    hg
 }
 
 #[test]
@@ -120,4 +148,262 @@ fn metrics_pass_promtool_check_metrics() {
         !text.contains(support::services::PG_PASSWORD),
         "a credential leaked into /metrics"
     );
+}
+
+fn read(path: &str) -> String {
+    std::fs::read_to_string(format!("{REPO}/{path}")).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+fn dashboard() -> Value {
+    serde_json::from_str(&read(DASHBOARD)).expect("the dashboard is JSON")
+}
+
+#[test]
+fn dashboard_configmap_carries_the_dashboard_json_for_the_grafana_sidecar() {
+    let configmap: Value = serde_saphyr::from_str(&read(DASHBOARD_CONFIGMAP)).unwrap();
+    assert_eq!(configmap["kind"], "ConfigMap");
+    assert_eq!(configmap["metadata"]["labels"]["grafana_dashboard"], "1");
+    let embedded = configmap["data"]["healthgate.json"]
+        .as_str()
+        .expect("data.healthgate.json");
+    assert_eq!(
+        embedded,
+        read(DASHBOARD),
+        "{DASHBOARD_CONFIGMAP} is out of date: embed {DASHBOARD} again"
+    );
+    let resources: Value =
+        serde_saphyr::from_str(&read("manifests/monitoring/kustomization.yaml")).unwrap();
+    assert!(
+        resources["resources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r == "grafana-dashboard-configmap.yaml")
+    );
+}
+
+fn type_check(path: &std::path::Path) -> std::process::Output {
+    ensure_tools();
+    Command::new("node")
+        .arg(format!("{REPO}/tests/dashboard/check.mjs"))
+        .arg(path)
+        .output()
+        .expect("running node")
+}
+
+#[test]
+fn dashboard_type_checks_against_grafana_schema() {
+    let out = type_check(&std::path::Path::new(REPO).join(DASHBOARD));
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // The check is real: an unknown key and a wrongly typed value are both rejected.
+    let dir = tempfile::tempdir().unwrap();
+    for (what, mutate) in [
+        (
+            "unknown panel key",
+            Box::new(|d: &mut Value| d["panels"][1]["legendd"] = Value::Bool(true))
+                as Box<dyn Fn(&mut Value)>,
+        ),
+        (
+            "grid width as a string",
+            Box::new(|d: &mut Value| d["panels"][1]["gridPos"]["w"] = "wide".into()),
+        ),
+        (
+            "unknown legend placement",
+            Box::new(|d: &mut Value| {
+                d["panels"][1]["options"]["legend"]["placement"] = "upside-down".into()
+            }),
+        ),
+    ] {
+        let mut broken = dashboard();
+        mutate(&mut broken);
+        let path = dir.path().join("broken.json");
+        std::fs::write(&path, serde_json::to_string_pretty(&broken).unwrap()).unwrap();
+        let out = type_check(&path);
+        assert!(!out.status.success(), "{what} was accepted");
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("error TS"),
+            "{what}: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+}
+
+/// A panel query as Grafana would send it, or a variable's `label_values(selector, label)`.
+struct PanelQuery {
+    panel: String,
+    expr: String,
+}
+
+fn panel_queries(dashboard: &Value) -> Vec<PanelQuery> {
+    let mut panels: Vec<&Value> = Vec::new();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        panels.push(panel);
+        if let Some(nested) = panel["panels"].as_array() {
+            panels.extend(nested);
+        }
+    }
+    panels
+        .into_iter()
+        .filter(|p| p["type"] != "row")
+        .flat_map(|p| {
+            let targets = p["targets"].as_array().cloned().unwrap_or_default();
+            assert!(!targets.is_empty(), "panel {} has no query", p["title"]);
+            targets.into_iter().map(move |t| PanelQuery {
+                panel: format!("{} [{}]", p["title"].as_str().unwrap(), t["refId"]),
+                expr: t["expr"].as_str().expect("a PromQL expr").to_string(),
+            })
+        })
+        .collect()
+}
+
+/// Substitutes the dashboard variables and Grafana's interval macros as Grafana does for a
+/// Prometheus data source whose scrape interval is [`SCRAPE_INTERVAL`].
+fn substitute(expr: &str) -> String {
+    let scrape: u64 = SCRAPE_INTERVAL.trim_end_matches('s').parse().unwrap();
+    // $__rate_interval = max($__interval + scrape interval, 4 × scrape interval).
+    let rate_interval = format!("{}s", (4 * scrape).max(scrape + scrape));
+    let out = expr
+        .replace("$__rate_interval", &rate_interval)
+        .replace("$__interval", &format!("{scrape}s"))
+        .replace("$namespace", NAMESPACE)
+        .replace("$policy", POLICY);
+    assert!(!out.contains('$'), "unsubstituted variable in {out}");
+    out
+}
+
+/// Samples with a number in a range-query answer (NaN from an idle histogram is not data).
+fn numeric_samples(answer: &Value) -> usize {
+    answer["data"]["result"]
+        .as_array()
+        .map(|series| {
+            series
+                .iter()
+                .flat_map(|s| s["values"].as_array().cloned().unwrap_or_default())
+                .filter(|v| {
+                    v[1].as_str()
+                        .is_some_and(|x| x.parse::<f64>().is_ok_and(f64::is_finite))
+                })
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+/// Panels whose metrics only get series in Kubernetes mode (a reconcile error has a reason
+/// label only once one happened). Their queries must still be valid PromQL.
+const KUBERNETES_ONLY: &[&str] = &["healthgate_reconcile_errors_total"];
+
+#[test]
+fn every_dashboard_panel_query_returns_data_from_a_real_prometheus() {
+    let pg = Postgres::start();
+    let redis = Redis::start();
+    let hg = Arc::new(busy_healthgate(&pg, &redis));
+    let prom = Prometheus::start(
+        &[format!("127.0.0.1:{}", hg.port)],
+        &[("namespace", NAMESPACE)],
+    );
+    // Steady traffic while Prometheus scrapes, as a live service has.
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = std::thread::spawn({
+        let (hg, stop) = (hg.clone(), stop.clone());
+        move || {
+            while !stop.load(Ordering::Relaxed) {
+                traffic(&hg);
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    });
+
+    // The variables resolve to this healthgate's policy.
+    let dashboard = dashboard();
+    let variables = dashboard["templating"]["list"].as_array().unwrap();
+    let names: BTreeSet<&str> = variables
+        .iter()
+        .filter_map(|v| v["name"].as_str())
+        .collect();
+    assert_eq!(names, BTreeSet::from(["datasource", "namespace", "policy"]));
+    let queries = panel_queries(&dashboard);
+    assert!(queries.len() >= 15, "{} panel queries", queries.len());
+
+    let deadline = Instant::now() + Duration::from_secs(45);
+    let missing = loop {
+        let mut missing = Vec::new();
+        for variable in variables.iter().filter(|v| v["type"] == "query") {
+            let definition = variable["query"]["query"].as_str().unwrap();
+            let (selector, label) = definition
+                .strip_prefix("label_values(")
+                .and_then(|rest| rest.strip_suffix(')'))
+                .and_then(|inner| inner.rsplit_once(", "))
+                .unwrap_or_else(|| panic!("unexpected variable query {definition}"));
+            let answer = prom.series(&substitute(selector));
+            let values: BTreeSet<String> = answer
+                .iter()
+                .filter_map(|s| s[label].as_str().map(String::from))
+                .collect();
+            let want = if label == "namespace" {
+                NAMESPACE
+            } else {
+                POLICY
+            };
+            if !values.contains(want) {
+                missing.push(format!("variable {}: {values:?}", variable["name"]));
+            }
+        }
+        for query in &queries {
+            let expr = substitute(&query.expr);
+            let answer = prom.query_range(&expr, 30, 1);
+            assert_eq!(
+                answer["status"], "success",
+                "{}: {expr} is not valid PromQL: {answer}",
+                query.panel
+            );
+            let kubernetes_only = KUBERNETES_ONLY.iter().any(|m| expr.contains(m));
+            if !kubernetes_only && numeric_samples(&answer) == 0 {
+                missing.push(format!("{}: {expr}", query.panel));
+            }
+        }
+        if missing.is_empty() || Instant::now() > deadline {
+            break missing;
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    };
+    stop.store(true, Ordering::Relaxed);
+    load.join().unwrap();
+    assert_eq!(prom.target_health(), ["up"], "{}", prom.log());
+    assert!(
+        missing.is_empty(),
+        "queries without data:\n{}\n/metrics:\n{}",
+        missing.join("\n"),
+        http_get(hg.port, "/metrics", Duration::from_secs(5))
+            .unwrap()
+            .body
+    );
+    // The panels' data is this healthgate's: the readiness panel shows the dead TCP
+    // dependency as down (3) and postgres as ok (1).
+    let states = prom.query(&substitute(
+        &queries
+            .iter()
+            .find(|q| q.panel.starts_with("Readiness state per dependency"))
+            .unwrap()
+            .expr,
+    ));
+    let state_of = |name: &str| {
+        states["data"]["result"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["metric"]["name"] == name)
+            .map(|s| s["value"][1].as_str().unwrap().to_string())
+    };
+    assert_eq!(
+        state_of("nothing-listens").as_deref(),
+        Some("3"),
+        "{states}"
+    );
+    assert_eq!(state_of("postgres").as_deref(), Some("1"), "{states}");
 }

@@ -176,7 +176,8 @@ pub const SCRAPE_INTERVAL: &str = "1s";
 
 impl Prometheus {
     /// Scrapes each of `targets` (`host:port`) as job `healthgate`, with `extra_labels` on
-    /// every series (as Kubernetes service discovery would add `namespace`, `pod`).
+    /// every series (as Kubernetes service discovery would add `namespace`, `pod`). Scraped
+    /// labels win over them (`honor_labels`), as in manifests/monitoring/servicemonitor.yaml.
     pub fn start(targets: &[String], extra_labels: &[(&str, &str)]) -> Self {
         ensure_tools();
         let dir = tempfile::Builder::new()
@@ -191,7 +192,7 @@ impl Prometheus {
         let targets: Vec<String> = targets.iter().map(|t| format!("{t:?}")).collect();
         let config = format!(
             "global:\n  scrape_interval: {SCRAPE_INTERVAL}\n  evaluation_interval: {SCRAPE_INTERVAL}\n\
-             scrape_configs:\n  - job_name: healthgate\n    static_configs:\n      - targets: [{}]\n        labels:\n{labels}",
+             scrape_configs:\n  - job_name: healthgate\n    honor_labels: true\n    static_configs:\n      - targets: [{}]\n        labels:\n{labels}",
             targets.join(", ")
         );
         std::fs::write(dir.path().join("prometheus.yml"), &config).unwrap();
@@ -261,6 +262,13 @@ impl Prometheus {
             urlencode(promql),
             end - seconds
         ))
+    }
+
+    /// The label sets of the series matching `selector` (what Grafana's `label_values` reads).
+    pub fn series(&self, selector: &str) -> Vec<serde_json::Value> {
+        let answer = self.api(&format!("/api/v1/series?match[]={}", urlencode(selector)));
+        assert_eq!(answer["status"], "success", "{selector}: {answer}");
+        answer["data"].as_array().cloned().unwrap_or_default()
     }
 
     /// The health of every scrape target (`up`, `down`, `unknown`).
