@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# Throughput and p99 of healthgate's endpoints as ratios to a bare warp server, measured in the
+# same run with wrk on loopback, plus the dependency load caused by probing /ready.
+#   scripts/bench.sh [seconds-per-endpoint]     (default 10)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/lib/services.sh
+duration="${1:-10}"
+connections=32
+
+scripts/install-deps.sh
+cargo build --release --quiet --bin healthgate --example bare_warp
+start_services
+
+hg_addr="127.0.0.1:$(free_port)"; bare_addr="127.0.0.1:$(free_port)"
+policy="$svc_dir/policy.yaml"
+cat >"$policy" <<YAML
+apiVersion: healthgate.dev/v1alpha1
+kind: HealthPolicy
+metadata: {name: bench}
+spec:
+  defaults: {interval: 1s, timeout: 500ms}
+  dependencies:
+    - {name: postgres, type: postgres, postgres: {urlFrom: {env: DEMO_POSTGRES_URL}}}
+    - {name: redis, type: redis, redis: {urlFrom: {env: DEMO_REDIS_URL}}}
+    - {name: jobs, type: redisQueue, redisQueue: {urlFrom: {env: DEMO_REDIS_URL}, key: jobs, degradedAbove: 100}}
+YAML
+RUST_LOG=warn target/release/healthgate serve --policy "$policy" --listen "$hg_addr" --drain-delay 0s &
+hg_pid=$!; svc_pids+=($hg_pid)
+target/release/examples/bare_warp "$bare_addr" &
+svc_pids+=($!)
+wait_http "http://$hg_addr/health" "$hg_pid"
+wait_http "http://$bare_addr/" "${svc_pids[-1]}"
+until [ "$(curl -s -o /dev/null -w '%{http_code}' "http://$hg_addr/api/users/bench")" = 404 ]; do sleep 0.2; done
+psql -h 127.0.0.1 -p "$pg_port" -U app -d demo -qc "INSERT INTO users (id, email) VALUES ('bench', 'bench@example.com')"
+sleep 1.5
+
+# wrk prints "Requests/sec: N" and, with --latency, a "99% X" line in ms/us/s.
+measure() {
+  local out rps p99
+  out=$(wrk -t1 -c"$connections" -d"${duration}s" --latency "$1")
+  rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
+  p99=$(awk '$1=="99%" {v=$2; if (v ~ /us$/) {sub(/us/,"",v); v/=1000} else if (v ~ /ms$/) {sub(/ms/,"",v)} else if (v ~ /s$/) {sub(/s/,"",v); v*=1000}; print v}' <<<"$out")
+  non2xx=$(awk '/Non-2xx/ {print $NF}' <<<"$out")
+  echo "$rps $p99 ${non2xx:-0}"
+}
+
+pg_xacts() { psql -h 127.0.0.1 -p "$pg_port" -U app -d demo -tAc "SELECT xact_commit FROM pg_stat_database WHERE datname = 'demo'"; }
+redis_cmds() { redis-cli -p "$redis_port" INFO stats | awk -F: '/total_commands_processed/ {print $2+0}'; }
+
+echo "warming up"; wrk -t1 -c"$connections" -d2s "http://$bare_addr/" >/dev/null; wrk -t1 -c"$connections" -d2s "http://$hg_addr/ready" >/dev/null
+
+read -r bare_rps bare_p99 _ < <(measure "http://$bare_addr/")
+# Dependency load while idle and while /ready is hammered, over the same duration.
+pg0=$(pg_xacts); r0=$(redis_cmds); sleep "$duration"; pg1=$(pg_xacts); r1=$(redis_cmds)
+read -r ready_rps ready_p99 ready_non2xx < <(measure "http://$hg_addr/ready")
+pg2=$(pg_xacts); r2=$(redis_cmds)
+read -r health_rps health_p99 _ < <(measure "http://$hg_addr/health")
+read -r metrics_rps metrics_p99 _ < <(measure "http://$hg_addr/metrics")
+read -r users_rps users_p99 _ < <(measure "http://$hg_addr/api/users/bench")
+# Second baseline at the end, so drift during the run shows.
+read -r bare2_rps bare2_p99 _ < <(measure "http://$bare_addr/")
+base_rps=$(python3 -c "print(($bare_rps + $bare2_rps) / 2)")
+base_p99=$(python3 -c "print(($bare_p99 + $bare2_p99) / 2)")
+
+row() { python3 -c "print(f'| $1 | {$2:,.0f} | {$2/$base_rps:.2f}x | {$3:.2f} | {$3/$base_p99:.2f}x |')"; }
+echo
+echo "wrk -t1 -c$connections -d${duration}s on loopback, $(nproc) cores shared by client and server; baseline = bare warp static JSON 200 (mean of a run before and after)"
+echo
+echo "| endpoint | req/s | vs bare | p99 ms | p99 vs bare |"
+echo "|---|---|---|---|---|"
+row "bare warp (baseline)" "$base_rps" "$base_p99"
+row "/health" "$health_rps" "$health_p99"
+row "/ready" "$ready_rps" "$ready_p99"
+row "/metrics" "$metrics_rps" "$metrics_p99"
+row "/api/users/{{id}}" "$users_rps" "$users_p99"
+echo
+echo "/ready non-2xx responses during its run: $ready_non2xx (the policy is all-ok, so 0 expected)"
+echo "dependency load over ${duration}s: idle: postgres $((pg1 - pg0)) transactions, redis $((r1 - r0)) commands;" \
+     "under /ready load ($(python3 -c "print(round($ready_rps * $duration))") probes): postgres $((pg2 - pg1)) transactions, redis $((r2 - r1)) commands"

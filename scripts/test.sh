@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh machine: installs what the tests need (Debian packages,
+# the Kubernetes test binaries), then runs every test. Nothing is skipped.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n==> %s (%ss)\n' "$1" "$SECONDS"; }
+
+step "system packages: postgresql, redis, prometheus, wrk"
+scripts/install-deps.sh
+step "kube-apiserver, etcd, kubectl from the official Go modules (cached)"
+scripts/build-k8s.sh
+step "formatting"
+cargo fmt --all -- --check
+step "cargo test"
+cargo test --all-targets --no-fail-fast
+cargo test --doc
+step "done"
