@@ -8,6 +8,8 @@ step() { printf '\n==> %s (%ss)\n' "$1" "$SECONDS"; }
 
 step "system packages: postgresql, redis, prometheus, wrk"
 scripts/install-deps.sh
+step "observability tools: rotel, OTLP sink deps, @grafana/schema"
+scripts/install-test-tools.sh
 step "kube-apiserver, etcd, kubectl from the official Go modules (cached)"
 scripts/build-k8s.sh
 step "formatting"
