@@ -82,8 +82,6 @@ struct Inner {
     metrics: Arc<Metrics>,
     cancel: CancellationToken,
     tasks: TaskTracker,
-    /// Serialises apply/remove so a diff is never computed against a half-applied state.
-    writer: Mutex<()>,
 }
 
 impl Engine {
@@ -95,7 +93,6 @@ impl Engine {
                 metrics,
                 cancel: CancellationToken::new(),
                 tasks: TaskTracker::new(),
-                writer: Mutex::new(()),
             }),
         }
     }
@@ -106,13 +103,11 @@ impl Engine {
 
     /// Starts, restarts or stops checkers so that `key` runs exactly `policy`.
     pub fn apply(&self, key: &PolicyKey, policy: Policy) -> Changes {
-        let _writer = self.inner.writer.lock().expect("engine writer lock");
+        // One critical section for the whole diff: a concurrent /ready sees the old policy or the
+        // new one, never a moment without it. Nothing in here waits on I/O.
+        let mut policies = self.inner.policies.write().expect("engine lock");
         let mut changes = Changes::default();
-        let mut previous = self
-            .inner
-            .policies
-            .write()
-            .expect("engine lock")
+        let mut previous = policies
             .remove(key)
             .map(|running| running.checks)
             .unwrap_or_default();
@@ -146,20 +141,17 @@ impl Engine {
             running.cancel.cancel();
             changes.stopped.push(name);
         }
-        {
-            let mut policies = self.inner.policies.write().expect("engine lock");
-            policies.insert(key.clone(), RunningPolicy { policy, checks });
-            self.inner
-                .connections
-                .retain(policies.values().map(|p| &p.policy));
-        }
+        policies.insert(key.clone(), RunningPolicy { policy, checks });
+        self.inner
+            .connections
+            .retain(policies.values().map(|p| &p.policy));
+        drop(policies);
         info!(policy = %key, started = ?changes.started, restarted = ?changes.restarted, stopped = ?changes.stopped, "policy applied");
         changes
     }
 
     /// Stops every checker of a policy; its metric series go with them.
     pub fn remove(&self, key: &PolicyKey) -> bool {
-        let _writer = self.inner.writer.lock().expect("engine writer lock");
         let mut policies = self.inner.policies.write().expect("engine lock");
         let Some(running) = policies.remove(key) else {
             return false;

@@ -57,8 +57,8 @@ pub fn validate(
     let mut errors = Errors(Vec::new());
     let defaults = spec.defaults.clone().unwrap_or_default();
     let base = schedule(
-        &defaults,
-        &ScheduleOverrides::default(),
+        BUILTIN,
+        &Overrides::of_defaults(&defaults),
         "spec.defaults",
         &mut errors,
     );
@@ -131,8 +131,17 @@ pub fn validate(
     }
 }
 
-#[derive(Default)]
-struct ScheduleOverrides<'a> {
+/// The values under every policy's `defaults`.
+const BUILTIN: Schedule = Schedule {
+    interval: DEFAULT_INTERVAL,
+    timeout: DEFAULT_TIMEOUT,
+    failure_threshold: 1,
+    success_threshold: 1,
+    degraded_latency: None,
+};
+
+/// The schedule fields one level (`spec.defaults` or a dependency) sets.
+struct Overrides<'a> {
     interval: Option<&'a str>,
     timeout: Option<&'a str>,
     failure_threshold: Option<i32>,
@@ -140,112 +149,99 @@ struct ScheduleOverrides<'a> {
     degraded_latency: Option<&'a str>,
 }
 
-fn schedule(
-    defaults: &CheckDefaults,
-    overrides: &ScheduleOverrides,
-    path: &str,
-    errors: &mut Errors,
-) -> Schedule {
-    let mut field_duration = |name: &str, own: Option<&str>, inherited: Option<&String>| {
-        let text = own.or(inherited.map(String::as_str))?;
-        let at = if own.is_some() {
-            path.to_string()
-        } else {
-            "spec.defaults".to_string()
-        };
-        match duration::parse(text) {
-            Ok(d) => Some(d),
-            Err(e) => {
-                errors.push(format!("{at}.{name}"), e);
-                None
-            }
+impl<'a> Overrides<'a> {
+    fn of_defaults(d: &'a CheckDefaults) -> Self {
+        Self {
+            interval: d.interval.as_deref(),
+            timeout: d.timeout.as_deref(),
+            failure_threshold: d.failure_threshold,
+            success_threshold: d.success_threshold,
+            degraded_latency: d.degraded_latency.as_deref(),
         }
+    }
+
+    fn of_dependency(d: &'a Dependency) -> Self {
+        Self {
+            interval: d.interval.as_deref(),
+            timeout: d.timeout.as_deref(),
+            failure_threshold: d.failure_threshold,
+            success_threshold: d.success_threshold,
+            degraded_latency: d.degraded_latency.as_deref(),
+        }
+    }
+}
+
+/// Lays `overrides` over `base`. Only the fields set at this level are reported, at
+/// `path.<field>`: inherited values were already checked where they were written.
+fn schedule(base: Schedule, overrides: &Overrides, path: &str, errors: &mut Errors) -> Schedule {
+    let mut schedule = base;
+    let mut parse = |name: &str, text: Option<&str>| -> Option<Duration> {
+        duration::parse(text?)
+            .map_err(|e| errors.push(format!("{path}.{name}"), e))
+            .ok()
     };
-    let interval = field_duration("interval", overrides.interval, defaults.interval.as_ref());
-    let timeout = field_duration("timeout", overrides.timeout, defaults.timeout.as_ref());
-    let degraded_latency = field_duration(
-        "degradedLatency",
-        overrides.degraded_latency,
-        defaults.degraded_latency.as_ref(),
-    );
-    let schedule = Schedule {
-        interval: interval.unwrap_or(DEFAULT_INTERVAL),
-        timeout: timeout.unwrap_or(DEFAULT_TIMEOUT),
-        failure_threshold: threshold(
-            overrides.failure_threshold,
-            defaults.failure_threshold,
+    let interval = parse("interval", overrides.interval);
+    let timeout = parse("timeout", overrides.timeout);
+    let degraded_latency = parse("degradedLatency", overrides.degraded_latency);
+    if let Some(interval) = interval {
+        if interval < MIN_INTERVAL {
+            errors.push(
+                format!("{path}.interval"),
+                format!("must be at least {}", duration::format(MIN_INTERVAL)),
+            );
+        }
+        schedule.interval = interval;
+    }
+    if let Some(timeout) = timeout {
+        if timeout.is_zero() {
+            errors.push(format!("{path}.timeout"), "must be greater than 0");
+        }
+        schedule.timeout = timeout;
+    }
+    if degraded_latency.is_some() {
+        schedule.degraded_latency = degraded_latency;
+    }
+    for (name, value, target) in [
+        (
             "failureThreshold",
-            path,
-            errors,
+            overrides.failure_threshold,
+            &mut schedule.failure_threshold,
         ),
-        success_threshold: threshold(
-            overrides.success_threshold,
-            defaults.success_threshold,
+        (
             "successThreshold",
-            path,
-            errors,
+            overrides.success_threshold,
+            &mut schedule.success_threshold,
         ),
-        degraded_latency,
-    };
-    let own_or_default = |own: bool| {
-        if own {
-            path.to_string()
-        } else {
-            "spec.defaults".into()
+    ] {
+        match value {
+            Some(v) if (1..=MAX_THRESHOLD).contains(&v) => *target = v as u32,
+            Some(v) => errors.push(
+                format!("{path}.{name}"),
+                format!("{v} is out of range 1-{MAX_THRESHOLD}"),
+            ),
+            None => {}
         }
-    };
-    if interval.is_some() && schedule.interval < MIN_INTERVAL {
-        errors.push(
-            format!("{}.interval", own_or_default(overrides.interval.is_some())),
-            format!("must be at least {}", duration::format(MIN_INTERVAL)),
-        );
     }
-    if timeout.is_some() && schedule.timeout.is_zero() {
-        errors.push(
-            format!("{}.timeout", own_or_default(overrides.timeout.is_some())),
-            "must be greater than 0",
-        );
-    }
+    // Either level can break this pair; report it at the field this level set.
     if let Some(latency) = schedule.degraded_latency
         && latency >= schedule.timeout
+        && (degraded_latency.is_some() || timeout.is_some())
     {
+        let field = if degraded_latency.is_some() {
+            "degradedLatency"
+        } else {
+            "timeout"
+        };
         errors.push(
+            format!("{path}.{field}"),
             format!(
-                "{}.degradedLatency",
-                own_or_default(overrides.degraded_latency.is_some())
-            ),
-            format!(
-                "{} must be less than the timeout ({}), or no check could ever be degraded",
+                "degradedLatency {} must be less than the timeout {}, or no check could ever be degraded",
                 duration::format(latency),
                 duration::format(schedule.timeout)
             ),
         );
     }
     schedule
-}
-
-fn threshold(
-    own: Option<i32>,
-    inherited: Option<i32>,
-    name: &str,
-    path: &str,
-    errors: &mut Errors,
-) -> u32 {
-    let at = if own.is_some() { path } else { "spec.defaults" };
-    match own.or(inherited) {
-        None => 1,
-        Some(value) if (1..=MAX_THRESHOLD).contains(&value) => value as u32,
-        Some(value) => {
-            // Only report an inherited default once, at the defaults themselves.
-            if own.is_some() || path == "spec.defaults" {
-                errors.push(
-                    format!("{at}.{name}"),
-                    format!("{value} is out of range 1-{MAX_THRESHOLD}"),
-                );
-            }
-            1
-        }
-    }
 }
 
 fn status_codes(spec: &HealthPolicySpec, errors: &mut Errors) -> StatusCodes {
@@ -313,21 +309,7 @@ fn dependency(
             format!("{:?} must be a DNS label: 1-63 lowercase letters, digits or '-', starting and ending with a letter or digit", dep.name),
         );
     }
-    let overrides = ScheduleOverrides {
-        interval: dep.interval.as_deref(),
-        timeout: dep.timeout.as_deref(),
-        failure_threshold: dep.failure_threshold,
-        success_threshold: dep.success_threshold,
-        degraded_latency: dep.degraded_latency.as_deref(),
-    };
-    let inherited = CheckDefaults {
-        interval: Some(duration::format(defaults.interval)),
-        timeout: Some(duration::format(defaults.timeout)),
-        failure_threshold: Some(defaults.failure_threshold as i32),
-        success_threshold: Some(defaults.success_threshold as i32),
-        degraded_latency: defaults.degraded_latency.map(duration::format),
-    };
-    let schedule = schedule(&inherited, &overrides, path, errors);
+    let schedule = schedule(defaults, &Overrides::of_dependency(dep), path, errors);
 
     let blocks: [(DependencyType, bool); 6] = [
         (DependencyType::Postgres, dep.postgres.is_some()),

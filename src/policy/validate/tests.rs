@@ -140,7 +140,9 @@ fn every_problem_is_reported_with_its_field_path() {
         ),
         (
             "dependencies: [{name: a, type: tcp, degradedLatency: 2s, tcp: {address: 'h:1'}}]",
-            &["spec.dependencies[0].degradedLatency: 2s must be less than the timeout (1s)"],
+            &[
+                "spec.dependencies[0].degradedLatency: degradedLatency 2s must be less than the timeout 1s",
+            ],
         ),
         (
             "dependencies: [{name: a, type: tcp, tcp: {address: 'nohost'}}]",
