@@ -398,3 +398,71 @@ fn credentials_never_appear_in_logs_ready_or_metrics() {
         );
     }
 }
+
+#[test]
+fn database_down_at_start_up_is_retried_until_it_comes_up() {
+    let mut pg = Postgres::start();
+    pg.stop();
+    let closed = free_port();
+    let hg = Healthgate::start(
+        &policy(&tcp_dep("mail", closed, false)),
+        &[("DATABASE_URL", &pg.url())],
+        &[],
+    );
+    // Probes are served while the database is down; the API says why it cannot answer.
+    assert_eq!(hg.get("/health").status, 200);
+    let reply = hg.get("/api/users/alice");
+    assert_eq!(
+        (reply.status, reply.json()["error"].as_str()),
+        (503, Some("database unavailable"))
+    );
+    hg.wait_until("a retried migration logged", Duration::from_secs(5), |hg| {
+        hg.logs()
+            .iter()
+            .any(|l| l.contains("database migration failed; retrying"))
+    });
+    pg.restart();
+    hg.wait_until("the migration to succeed", Duration::from_secs(20), |hg| {
+        hg.get("/api/users/alice").status == 404
+    });
+    assert_eq!(pg.psql("SELECT count(*) FROM users"), "0");
+}
+
+#[test]
+fn every_flag_can_come_from_the_environment() {
+    let redis = Redis::start();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("policy.yaml");
+    std::fs::write(&path, policy(&redis_dep("redis", &redis.url()))).unwrap();
+    let port = free_port();
+    let mut child = Command::new(BIN)
+        .arg("serve")
+        .env("HEALTHGATE_POLICY", &path)
+        .env("HEALTHGATE_LISTEN", format!("127.0.0.1:{port}"))
+        .env("HEALTHGATE_DRAIN_DELAY", "0s")
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        match support::healthgate::http_get(port, "/ready", Duration::from_secs(2)) {
+            Ok(reply) if reply.status == 200 => break reply.status,
+            _ if std::time::Instant::now() > deadline => {
+                panic!("not ready on the port from HEALTHGATE_LISTEN")
+            }
+            _ => std::thread::sleep(Duration::from_millis(50)),
+        }
+    };
+    assert_eq!(status, 200);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let started = std::time::Instant::now();
+    assert!(child.wait().unwrap().success());
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "HEALTHGATE_DRAIN_DELAY=0s was not applied"
+    );
+}
