@@ -6,10 +6,18 @@ use healthgate::cli::{Cli, Command};
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    healthgate::telemetry::init_logging();
     match cli.command {
-        Command::Serve(args) => healthgate::app::serve(args).await,
-        Command::Check(args) => healthgate::app::check(args).await,
+        Command::Serve(args) => {
+            let telemetry = healthgate::telemetry::init();
+            let code = healthgate::app::serve(args).await;
+            // Last: the server and checkers have stopped, so every span has ended.
+            telemetry.shutdown().await;
+            code
+        }
+        Command::Check(args) => {
+            healthgate::telemetry::init_logging();
+            healthgate::app::check(args).await
+        }
         Command::Crd => {
             print!("{}", healthgate::api::crd_yaml());
             ExitCode::SUCCESS

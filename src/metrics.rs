@@ -239,6 +239,7 @@ impl Metrics {
 
 /// The trace exporter's counters. The exporter is process-wide and starts before any registry
 /// exists, so these live in a static that every [`Metrics`] registers.
+#[derive(Debug)]
 pub struct SpanExportMetrics {
     pub dropped: IntCounterVec,
     pub exported: IntCounter,

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use rand::Rng;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{Instrument, Span, debug, field, info, warn};
 
 use super::PolicyKey;
 use crate::checks::{Observation, Probe};
@@ -62,9 +62,11 @@ impl Checker {
             }
             let started = Instant::now();
             next = started + jittered(self.spec.schedule.interval);
+            let span = self.check_span();
+            let probe = tokio::time::timeout(self.spec.schedule.timeout, self.probe.run());
             let observation = tokio::select! {
                 _ = cancel.cancelled() => break,
-                observed = tokio::time::timeout(self.spec.schedule.timeout, self.probe.run()) => {
+                observed = probe.instrument(span.clone()) => {
                     observed.unwrap_or_else(|_| Observation::timed_out(self.spec.schedule.timeout))
                 }
             };
@@ -72,11 +74,34 @@ impl Checker {
             let observation = self.slow_is_degraded(observation, latency);
             let previous = hysteresis.state();
             let state = hysteresis.observe(observation.outcome);
-            self.publish(&observation, state, previous, latency, started);
-            self.record_metrics(&labels, &observation, state, latency, &mut emitted);
+            span.in_scope(|| {
+                record_check(&span, &observation, state);
+                self.publish(&observation, state, previous, latency, started);
+                self.record_metrics(&labels, &observation, state, latency, &mut emitted);
+            });
         }
         self.remove_metrics(&labels, &emitted);
         debug!(policy = %self.key, dependency = %self.spec.name, "checker stopped");
+    }
+
+    /// One span per check run, a root of its own trace (a check is not part of any request).
+    fn check_span(&self) -> Span {
+        tracing::info_span!(
+            target: "healthgate::check",
+            parent: None,
+            "check",
+            otel.status_code = field::Empty,
+            otel.status_description = field::Empty,
+            error.type = field::Empty,
+            healthgate.policy.namespace = %self.key.namespace,
+            healthgate.policy.name = %self.key.name,
+            healthgate.dependency.name = %self.spec.name,
+            healthgate.dependency.type = self.spec.target.kind().as_str(),
+            healthgate.check.result = field::Empty,
+            healthgate.check.reason = field::Empty,
+            healthgate.dependency.state = field::Empty,
+            healthgate.queue.depth = field::Empty,
+        )
     }
 
     fn labels(&self) -> [String; 4] {
@@ -153,11 +178,7 @@ impl Checker {
         m.check_duration
             .with_label_values(&[ns, policy, name, kind])
             .observe(latency.as_secs_f64());
-        let result = match observation.outcome {
-            Outcome::Ok => "ok",
-            Outcome::Degraded => "degraded",
-            Outcome::Down => "down",
-        };
+        let result = outcome_str(observation.outcome);
         let reason = observation.reason.as_str();
         m.check_results
             .with_label_values(&[ns, policy, name, kind, result, reason])
@@ -201,6 +222,34 @@ impl Checker {
             let _ = m
                 .dependency_state
                 .remove_label_values(&[ns, policy, name, state.as_str()]);
+        }
+    }
+}
+
+fn outcome_str(outcome: Outcome) -> &'static str {
+    match outcome {
+        Outcome::Ok => "ok",
+        Outcome::Degraded => "degraded",
+        Outcome::Down => "down",
+    }
+}
+
+/// The check span's outcome. `error` is already scrubbed of credentials (it is shown on /ready).
+fn record_check(span: &Span, observation: &Observation, state: State) {
+    span.record("healthgate.check.result", outcome_str(observation.outcome));
+    span.record("healthgate.check.reason", observation.reason.as_str());
+    span.record("healthgate.dependency.state", state.as_str());
+    if let Some(depth) = observation.queue_depth {
+        span.record(
+            "healthgate.queue.depth",
+            i64::try_from(depth).unwrap_or(i64::MAX),
+        );
+    }
+    if observation.outcome == Outcome::Down {
+        span.record("otel.status_code", "ERROR");
+        span.record("error.type", observation.reason.as_str());
+        if let Some(error) = &observation.error {
+            span.record("otel.status_description", error.as_str());
         }
     }
 }

@@ -11,8 +11,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
+use opentelemetry::propagation::TextMapPropagator as _;
+use opentelemetry::trace::TraceContextExt as _;
+use opentelemetry_http::HeaderExtractor;
 use tokio::net::TcpListener;
-use tracing::info;
+use tracing::{Span, field, info};
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 use warp::Filter;
 use warp::http::Method;
 use warp::path::{FullPath, Tail};
@@ -99,7 +103,7 @@ pub fn routes(state: AppState) -> impl Filter<Extract = (Response,), Error = Inf
         .or(fallback)
         .unify();
     let metrics = state.metrics.clone();
-    warp::any()
+    let routed = warp::any()
         .map(Instant::now)
         .and(warp::method())
         .and(warp::path::full())
@@ -108,6 +112,7 @@ pub fn routes(state: AppState) -> impl Filter<Extract = (Response,), Error = Inf
             move |started: Instant, method: Method, path: FullPath, (route, response): Routed| {
                 let elapsed = started.elapsed();
                 let status = response.status().as_u16();
+                record_response(&Span::current(), &method, route, status);
                 metrics.record_request(method.as_str(), route, status, elapsed.as_secs_f64());
                 info!(
                     target: "healthgate::access",
@@ -120,7 +125,73 @@ pub fn routes(state: AppState) -> impl Filter<Extract = (Response,), Error = Inf
                 );
                 response
             },
-        )
+        );
+    routed
+        .with(warp::trace(request_span))
+        .map(warp::Reply::into_response)
+}
+
+/// The server span of one request, with the OpenTelemetry HTTP semantic-convention attributes
+/// known before routing; a W3C `traceparent` from the caller makes it part of the caller's trace.
+/// Name, route and status are filled in by [`record_response`].
+fn request_span(info: warp::trace::Info<'_>) -> Span {
+    let (server_address, server_port) = match info.host().map(|h| h.rsplit_once(':')) {
+        Some(Some((host, port))) => (Some(host), port.parse::<u16>().ok().map(i64::from)),
+        Some(None) => (info.host(), None),
+        None => (None, None),
+    };
+    let span = tracing::info_span!(
+        target: "healthgate::http",
+        "request",
+        otel.name = %info.method(),
+        otel.kind = "server",
+        otel.status_code = field::Empty,
+        http.request.method = %info.method(),
+        http.route = field::Empty,
+        http.response.status_code = field::Empty,
+        url.path = info.path(),
+        url.scheme = "http",
+        network.protocol.name = "http",
+        network.protocol.version = http_version(info.version()),
+        server.address = server_address,
+        server.port = server_port,
+        user_agent.original = info.user_agent(),
+        error.type = field::Empty,
+    );
+    let parent = opentelemetry_sdk::propagation::TraceContextPropagator::new()
+        .extract(&HeaderExtractor(info.request_headers()));
+    // Without a (valid) traceparent the context is empty and the span starts a new trace.
+    let _ = span.set_parent(parent);
+    span
+}
+
+/// Names the server span `METHOD /route` and records the outcome. Only 5xx marks it an error:
+/// a 4xx is the client's, per the HTTP semantic conventions for servers.
+fn record_response(span: &Span, method: &Method, route: &'static str, status: u16) {
+    if route != UNMATCHED_ROUTE {
+        // The OpenTelemetry span has started by now (entering starts it), so it is renamed
+        // directly: recording `otel.name` only names spans that have not started yet.
+        span.context()
+            .span()
+            .update_name(format!("{method} {route}"));
+        span.record("http.route", route);
+    }
+    // Integers as i64: tracing-opentelemetry turns u64 fields into strings.
+    span.record("http.response.status_code", i64::from(status));
+    if status >= 500 {
+        span.record("otel.status_code", "ERROR");
+        span.record("error.type", status.to_string());
+    }
+}
+
+fn http_version(version: warp::http::Version) -> &'static str {
+    match version {
+        warp::http::Version::HTTP_09 => "0.9",
+        warp::http::Version::HTTP_10 => "1.0",
+        warp::http::Version::HTTP_2 => "2",
+        warp::http::Version::HTTP_3 => "3",
+        _ => "1.1",
+    }
 }
 
 /// Serves until `shutdown` resolves, then stops accepting and lets in-flight requests finish.

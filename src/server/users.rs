@@ -10,7 +10,7 @@ use sqlx::SqlStr;
 use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{Instrument, Span, field, info, warn};
 
 use crate::metrics::Metrics;
 use crate::secret::SecretUrl;
@@ -20,6 +20,7 @@ const POOL_SIZE: u32 = 8;
 const QUERY_TIMEOUT: Duration = Duration::from_secs(2);
 const MIGRATION_RETRY_MAX: Duration = Duration::from_secs(5);
 pub const MAX_ID_LEN: usize = 64;
+const USER_QUERY: &str = "SELECT id, email, created_at FROM users WHERE id = $1";
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum Lookup {
@@ -33,12 +34,22 @@ pub enum Lookup {
 #[derive(Clone)]
 pub struct Users {
     db: Option<(PgPool, SecretUrl)>,
+    peer: Arc<DbPeer>,
     migrated: Arc<AtomicBool>,
+}
+
+/// Where the database is, for span attributes: never the user or password.
+#[derive(Default)]
+struct DbPeer {
+    host: String,
+    port: u16,
+    database: String,
 }
 
 impl Users {
     /// A pool is created lazily: the service starts (and serves probes) with the database down.
     pub fn new(url: Option<SecretUrl>) -> Result<Self, String> {
+        let mut peer = DbPeer::default();
         let db = match url {
             None => None,
             Some(url) => {
@@ -46,6 +57,11 @@ impl Users {
                     .expose()
                     .parse::<sqlx::postgres::PgConnectOptions>()
                     .map_err(|e| format!("--database-url: {}", url.scrub(&e.to_string())))?;
+                peer = DbPeer {
+                    host: options.get_host().to_string(),
+                    port: options.get_port(),
+                    database: options.get_database().unwrap_or_default().to_string(),
+                };
                 let pool = PgPoolOptions::new()
                     .max_connections(POOL_SIZE)
                     .acquire_timeout(QUERY_TIMEOUT)
@@ -55,6 +71,7 @@ impl Users {
         };
         Ok(Self {
             db,
+            peer: Arc::new(peer),
             migrated: Arc::new(AtomicBool::new(false)),
         })
     }
@@ -99,12 +116,15 @@ impl Users {
         if !self.migrated.load(Ordering::Acquire) {
             return Lookup::Unavailable;
         }
-        let query = sqlx::query_as::<_, (String, String, DateTime<Utc>)>(
-            "SELECT id, email, created_at FROM users WHERE id = $1",
-        )
-        .bind(id)
-        .fetch_optional(pool);
-        match tokio::time::timeout(QUERY_TIMEOUT, query).await {
+        let span = self.query_span();
+        let query = sqlx::query_as::<_, (String, String, DateTime<Utc>)>(USER_QUERY)
+            .bind(id)
+            .fetch_optional(pool);
+        let outcome = tokio::time::timeout(QUERY_TIMEOUT, query)
+            .instrument(span.clone())
+            .await;
+        record_query(&span, &outcome);
+        match outcome {
             Err(_) => Lookup::Unavailable,
             Ok(Ok(Some((id, email, created_at)))) => {
                 let body = UserBody {
@@ -121,6 +141,30 @@ impl Users {
                 Lookup::Failed
             }
         }
+    }
+
+    /// A client span per query with the OpenTelemetry database semantic conventions. The query
+    /// text is the parameterised statement: the id a caller sent is never in it.
+    fn query_span(&self) -> Span {
+        let peer = &self.peer;
+        tracing::info_span!(
+            target: "healthgate::db",
+            "db",
+            otel.name = "SELECT users",
+            otel.kind = "client",
+            otel.status_code = field::Empty,
+            db.system.name = "postgresql",
+            db.namespace = peer.database.as_str(),
+            db.operation.name = "SELECT",
+            db.collection.name = "users",
+            db.query.summary = "SELECT users",
+            db.query.text = USER_QUERY,
+            db.response.status_code = field::Empty,
+            db.response.returned_rows = field::Empty,
+            server.address = peer.host.as_str(),
+            server.port = i64::from(peer.port),
+            error.type = field::Empty,
+        )
     }
 
     pub fn record_pool_metrics(&self, metrics: &Metrics) {
@@ -143,6 +187,28 @@ impl Users {
             pool.close().await;
         }
     }
+}
+
+type QueryOutcome<T> = Result<Result<Option<T>, sqlx::Error>, tokio::time::error::Elapsed>;
+
+fn record_query<T>(span: &Span, outcome: &QueryOutcome<T>) {
+    let error_type = match outcome {
+        Ok(Ok(row)) => {
+            span.record("db.response.returned_rows", i64::from(row.is_some()));
+            return;
+        }
+        Err(_) => "timeout".to_string(),
+        Ok(Err(sqlx::Error::Database(db))) => {
+            let code = db.code().map(|c| c.to_string()).unwrap_or_default();
+            span.record("db.response.status_code", code.as_str());
+            code
+        }
+        Ok(Err(sqlx::Error::PoolTimedOut)) => "pool_timeout".to_string(),
+        Ok(Err(sqlx::Error::Io(_))) => "io".to_string(),
+        Ok(Err(_)) => "sqlx".to_string(),
+    };
+    span.record("otel.status_code", "ERROR");
+    span.record("error.type", error_type.as_str());
 }
 
 #[derive(Serialize)]

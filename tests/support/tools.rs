@@ -284,3 +284,97 @@ impl Prometheus {
             .unwrap_or_default()
     }
 }
+
+/// A real OTLP collector: rotel-agent receiving OTLP over gRPC and HTTP and forwarding to the
+/// Python sink (tests/otlp/sink.py), which writes every span it gets to a JSON-lines file.
+pub struct Collector {
+    pub grpc_port: u16,
+    pub http_port: u16,
+    dir: tempfile::TempDir,
+    rotel: Daemon,
+    sink: Daemon,
+}
+
+impl Collector {
+    pub fn start() -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("healthgate-otlp-")
+            .tempdir()
+            .unwrap();
+        let sink_port = free_port();
+        let spans = dir.path().join("spans.jsonl");
+        let mut cmd = Command::new(venv_bin("python"));
+        cmd.arg(Path::new(REPO).join("tests/otlp/sink.py"))
+            .arg(sink_port.to_string())
+            .arg(&spans);
+        let mut sink = Daemon::spawn("otlp sink", cmd, dir.path().join("sink.log"));
+        wait_for("the OTLP sink", Duration::from_secs(30), || {
+            sink.assert_running();
+            sink.log().contains("listening")
+        });
+        let (grpc_port, http_port) = (free_port(), free_port());
+        let mut cmd = Command::new(rotel_agent());
+        cmd.arg("start")
+            .args(["--otlp-grpc-endpoint", &format!("127.0.0.1:{grpc_port}")])
+            .args(["--otlp-http-endpoint", &format!("127.0.0.1:{http_port}")])
+            .args(["--exporter", "otlp"])
+            .args([
+                "--otlp-exporter-endpoint",
+                &format!("http://127.0.0.1:{sink_port}"),
+            ])
+            .args(["--otlp-exporter-protocol", "grpc"])
+            // Forward quickly: tests wait for what they sent.
+            .args(["--batch-timeout", "100ms"]);
+        let mut rotel = Daemon::spawn("rotel-agent", cmd, dir.path().join("rotel.log"));
+        wait_for("rotel-agent's OTLP ports", Duration::from_secs(30), || {
+            rotel.assert_running();
+            [grpc_port, http_port]
+                .iter()
+                .all(|p| std::net::TcpStream::connect(("127.0.0.1", *p)).is_ok())
+        });
+        Self {
+            grpc_port,
+            http_port,
+            dir,
+            rotel,
+            sink,
+        }
+    }
+
+    /// Every span the sink has received so far.
+    pub fn spans(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(self.dir.path().join("spans.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("a JSON span"))
+            .collect()
+    }
+
+    /// Waits until a received span satisfies `matches`, and returns it.
+    pub fn wait_for_span(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        matches: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(span) = self.spans().into_iter().find(|s| matches(s)) {
+                return span;
+            }
+            self.rotel.assert_running();
+            self.sink.assert_running();
+            assert!(
+                Instant::now() < deadline,
+                "no span for {what} after {timeout:?}; received:\n{}\nrotel:\n{}",
+                self.spans()
+                    .iter()
+                    .map(|s| format!("{} {}", s["name"], s["attributes"]))
+                    .collect::<Vec<_>>()
+                    .join("\n"),
+                self.rotel.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
