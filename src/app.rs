@@ -3,6 +3,7 @@
 //! Shutdown has one path: a signal sets the server draining (/ready → 503), after the drain
 //! delay the listener closes and in-flight requests finish, then checkers stop and pools close.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -12,9 +13,11 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::cli::{CheckArgs, ServeArgs};
-use crate::engine::Engine;
+use crate::controller;
+use crate::engine::{Engine, PolicyKey};
 use crate::health::Overall;
 use crate::metrics::Metrics;
+use crate::policy::Policy;
 use crate::secret::SecretUrl;
 use crate::server::users::Users;
 use crate::server::{self, AppState};
@@ -35,20 +38,25 @@ pub async fn serve(args: ServeArgs) -> ExitCode {
         database_url,
         drain_delay,
         shutdown_timeout,
+        kube,
     } = args;
-    let Some(policy_path) = policy else {
-        error!(
-            "Kubernetes mode is not available in this build yet; pass --policy FILE (or HEALTHGATE_POLICY)"
-        );
-        return ExitCode::from(EXIT_DOWN_OR_INVALID);
-    };
-    let (key, policy) = match standalone::load(&policy_path) {
-        Ok(loaded) => loaded,
-        Err(e) => {
-            eprintln!("{e}");
-            error!(path = %e.path.display(), problems = ?e.problems, "invalid policy file");
-            return ExitCode::from(EXIT_DOWN_OR_INVALID);
-        }
+    let source = match policy {
+        Some(path) => match standalone::load(&path) {
+            Ok((key, policy)) => Source::File { path, key, policy },
+            Err(e) => {
+                eprintln!("{e}");
+                error!(path = %e.path.display(), problems = ?e.problems, "invalid policy file");
+                return ExitCode::from(EXIT_DOWN_OR_INVALID);
+            }
+        },
+        None => match controller::connect(*kube).await {
+            Ok((client, settings)) => Source::Kubernetes { client, settings },
+            Err(e) => {
+                eprintln!("{e}");
+                error!(error = %e, "cannot start in Kubernetes mode; pass --policy FILE for standalone mode");
+                return ExitCode::from(EXIT_DOWN_OR_INVALID);
+            }
+        },
     };
     let users = match Users::new(database_url.map(SecretUrl::new)) {
         Ok(users) => users,
@@ -67,17 +75,28 @@ pub async fn serve(args: ServeArgs) -> ExitCode {
     };
 
     let engine = Engine::new(Arc::new(Metrics::new()));
-    engine.apply(&key, policy);
     let state = AppState::new(engine.clone(), users.clone());
     let background = CancellationToken::new();
     let stop_accepting = CancellationToken::new();
 
-    let watcher = tokio::spawn(standalone::watch(
-        policy_path,
-        engine.clone(),
-        key,
-        background.clone(),
-    ));
+    // The policy source: a file, or the Kubernetes controller. Either way `background` stops it.
+    let watcher = match source {
+        Source::File { path, key, policy } => {
+            engine.apply(&key, policy);
+            tokio::spawn(standalone::watch(
+                path,
+                engine.clone(),
+                key,
+                background.clone(),
+            ))
+        }
+        Source::Kubernetes { client, settings } => tokio::spawn(controller::run(
+            client,
+            engine.clone(),
+            settings,
+            background.clone(),
+        )),
+    };
     let migration = tokio::spawn({
         let users = users.clone();
         let cancel = background.clone();
@@ -113,6 +132,19 @@ pub async fn serve(args: ServeArgs) -> ExitCode {
     users.close().await;
     info!("stopped");
     ExitCode::from(EXIT_OK)
+}
+
+/// Where policies come from: `--policy FILE` (standalone) or the Kubernetes API.
+enum Source {
+    File {
+        path: PathBuf,
+        key: PolicyKey,
+        policy: Policy,
+    },
+    Kubernetes {
+        client: kube::Client,
+        settings: controller::Settings,
+    },
 }
 
 /// First SIGTERM/SIGINT: drain, then stop accepting. A second signal skips the rest of the drain.

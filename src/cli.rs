@@ -49,6 +49,40 @@ pub struct ServeArgs {
     /// After the listener closes, how long in-flight requests may take before healthgate exits anyway.
     #[arg(long, env = "HEALTHGATE_SHUTDOWN_TIMEOUT", default_value = "20s", value_parser = parse_duration)]
     pub shutdown_timeout: Duration,
+    #[command(flatten)]
+    pub kube: Box<KubeArgs>,
+}
+
+/// Kubernetes mode (no `--policy`): which HealthPolicies to serve and who this replica is.
+#[derive(Debug, Default, clap::Args)]
+pub struct KubeArgs {
+    /// Namespace whose HealthPolicies (and Secrets) to watch. Default: the pod's own namespace.
+    #[arg(long, env = "HEALTHGATE_NAMESPACE", conflicts_with = "all_namespaces")]
+    pub namespace: Option<String>,
+    /// Watch HealthPolicies in every namespace (needs the ClusterRole).
+    #[arg(long, env = "HEALTHGATE_ALL_NAMESPACES")]
+    pub all_namespaces: bool,
+    /// Serve only this HealthPolicy (in --namespace), e.g. as a sidecar gating its own pod.
+    #[arg(
+        long,
+        env = "HEALTHGATE_POLICY_NAME",
+        conflicts_with = "all_namespaces"
+    )]
+    pub policy_name: Option<String>,
+    /// Label selector on HealthPolicies, e.g. `team=payments`.
+    #[arg(long, env = "HEALTHGATE_SELECTOR")]
+    pub selector: Option<String>,
+    /// This replica's identity for leader election and Events (the Downward API's pod name).
+    /// Default: the host name.
+    #[arg(long, env = "POD_NAME")]
+    pub pod_name: Option<String>,
+    /// The pod's own namespace, where the leader Lease lives. Default: the ServiceAccount's
+    /// namespace file, then the kubeconfig's namespace.
+    #[arg(long, env = "POD_NAMESPACE")]
+    pub pod_namespace: Option<String>,
+    /// Name of the leader-election Lease; replicas with the same name share one leader.
+    #[arg(long, env = "HEALTHGATE_LEASE_NAME", default_value = "healthgate")]
+    pub lease_name: String,
 }
 
 #[derive(Debug, clap::Args)]

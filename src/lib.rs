@@ -10,6 +10,7 @@ pub use api::{HealthPolicy, HealthPolicySpec};
 pub mod app;
 pub mod checks;
 pub mod cli;
+pub mod controller;
 pub mod engine;
 pub mod health;
 pub mod metrics;

@@ -102,6 +102,9 @@ pub struct ApiServer {
     kubeconfig: PathBuf,
     admin_token: String,
     children: Mutex<Vec<(&'static str, Child)>>,
+    /// kube-apiserver's arguments and port, to start it again after [`ApiServer::stop_apiserver`].
+    api_args: Vec<String>,
+    api_port: u16,
     // Held only for its lifetime: the thread behind it spawned the children (see `Keeper`).
     _keeper: Keeper,
     counter: AtomicU64,
@@ -142,6 +145,8 @@ impl ApiServer {
             kubeconfig: dir.join("admin.kubeconfig"),
             admin_token: random_hex(16).map_err(fatal)?,
             children: Mutex::new(Vec::new()),
+            api_args: Vec::new(),
+            api_port: 0,
             _keeper: keeper,
             counter: AtomicU64::new(0),
         };
@@ -178,8 +183,8 @@ impl ApiServer {
 
         let api_log = dir.join("kube-apiserver.log");
         let p = |name: &str| dir.join(name).display().to_string();
-        let mut api = Command::new(bin_dir.join("kube-apiserver"));
-        api.args([
+        server.api_port = api_port;
+        server.api_args = vec![
             format!("--etcd-servers=http://127.0.0.1:{etcd_client}"),
             "--bind-address=127.0.0.1".to_string(),
             "--advertise-address=127.0.0.1".to_string(),
@@ -202,7 +207,9 @@ impl ApiServer {
             "--enable-priority-and-fairness=false".to_string(),
             "--profiling=false".to_string(),
             "--v=1".to_string(),
-        ]);
+        ];
+        let mut api = Command::new(bin_dir.join("kube-apiserver"));
+        api.args(&server.api_args);
         server.spawn("kube-apiserver", api, &api_log)?;
         server
             .write_kubeconfig(&server.kubeconfig, "admin", &server.admin_token.clone())
@@ -420,6 +427,30 @@ impl ApiServer {
             eprintln!("apiserver harness: kept state in {}", self.dir.display());
         } else {
             let _ = fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    /// Kills kube-apiserver and leaves etcd running: clients see the API server vanish, as in
+    /// a control-plane upgrade. Use on a dedicated [`ApiServer::start`] instance only.
+    pub fn stop_apiserver(&self) {
+        let mut children = self.children.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(index) = children.iter().position(|(n, _)| *n == "kube-apiserver") {
+            let (_, mut child) = children.remove(index);
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts kube-apiserver again on the same port with the same state, and waits until ready.
+    pub fn start_apiserver(&self) {
+        let log = self.dir.join("kube-apiserver.log");
+        let mut api = Command::new(self.bin_dir.join("kube-apiserver"));
+        api.args(&self.api_args);
+        let started = self
+            .spawn("kube-apiserver", api, &log)
+            .and_then(|()| self.wait_ready(self.api_port, &log));
+        if let Err(StartError::PortTaken(e) | StartError::Fatal(e)) = started {
+            panic!("restarting kube-apiserver: {e}");
         }
     }
 

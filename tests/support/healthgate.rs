@@ -43,12 +43,38 @@ impl Healthgate {
             .tempdir()
             .unwrap();
         std::fs::write(dir.path().join("policy.yaml"), policy).unwrap();
-        let port = free_port();
         let mut cmd = Command::new(BIN);
         cmd.arg("serve")
             .arg("--policy")
-            .arg(dir.path().join("policy.yaml"))
-            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .arg(dir.path().join("policy.yaml"));
+        Self::launch(cmd, dir, env, args)
+    }
+
+    /// Starts `healthgate serve` in Kubernetes mode (no policy file) with `kubeconfig` as its
+    /// KUBECONFIG, e.g. a ServiceAccount's from the apiserver harness.
+    pub fn start_kube(kubeconfig: &std::path::Path, env: &[(&str, &str)], args: &[&str]) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("healthgate-run-")
+            .tempdir()
+            .unwrap();
+        let mut cmd = Command::new(BIN);
+        cmd.arg("serve")
+            .env("KUBECONFIG", kubeconfig)
+            // The test machine's own pod identity, if any, must not leak in.
+            .env_remove("POD_NAME")
+            .env_remove("POD_NAMESPACE")
+            .env_remove("HEALTHGATE_POLICY");
+        Self::launch(cmd, dir, env, args)
+    }
+
+    fn launch(
+        mut cmd: Command,
+        dir: tempfile::TempDir,
+        env: &[(&str, &str)],
+        args: &[&str],
+    ) -> Self {
+        let port = free_port();
+        cmd.args(["--listen", &format!("127.0.0.1:{port}")])
             .args(args)
             .envs(env.iter().copied())
             .env("RUST_LOG", "info")

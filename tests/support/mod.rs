@@ -2,5 +2,6 @@
 
 pub mod apiserver;
 pub mod healthgate;
+pub mod kube_env;
 pub mod services;
 pub mod tools;

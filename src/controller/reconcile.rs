@@ -1,0 +1,81 @@
+//! One pass over one HealthPolicy: validate against the current Secrets, then make the engine run
+//! it. Idempotent: an unchanged result leaves the engine alone, and the engine itself restarts
+//! only the dependencies whose spec changed.
+
+use std::sync::Arc;
+
+use kube::runtime::controller::Action;
+use kube::{Resource, ResourceExt};
+use tracing::{info, warn};
+
+use super::secrets::SecretUrls;
+use super::{Context, Error, Observed, RESYNC, RETRY, Result, SECRETS_SYNC_TIMEOUT};
+use crate::api::HealthPolicy;
+use crate::engine::PolicyKey;
+use crate::policy::validate;
+
+pub async fn reconcile(policy: Arc<HealthPolicy>, ctx: Arc<Context>) -> Result<Action> {
+    let namespace = policy
+        .namespace()
+        .ok_or_else(|| Error::NoNamespace(policy.name_any()))?;
+    let key = PolicyKey::new(namespace.clone(), policy.name_any());
+    if !super::synced(&ctx.secrets, SECRETS_SYNC_TIMEOUT).await {
+        return Err(Error::SecretsNotSynced(SECRETS_SYNC_TIMEOUT));
+    }
+    let urls = SecretUrls {
+        store: &ctx.secrets,
+        namespace: &namespace,
+    };
+    let generation = policy.meta().generation;
+    let result = validate(&policy.spec, &urls);
+
+    let previous = ctx
+        .observed
+        .lock()
+        .expect("observed lock")
+        .get(&key)
+        .cloned();
+    let mut observed = previous.clone().unwrap_or_else(|| Observed {
+        generation,
+        reference: policy.object_ref(&()),
+        applied: None,
+        invalid: None,
+    });
+    observed.generation = generation;
+    observed.reference = policy.object_ref(&());
+    match result {
+        Ok(valid) => {
+            if observed.applied.as_ref() != Some(&valid) {
+                let changes = ctx.engine.apply(&key, valid.clone());
+                info!(policy = %key, generation, started = ?changes.started, restarted = ?changes.restarted, stopped = ?changes.stopped, "reconciled");
+                observed.applied = Some(valid);
+            }
+            observed.invalid = None;
+        }
+        Err(errors) => {
+            // FieldError messages never quote a credential (validation redacts URLs).
+            let problems: Vec<String> = errors.iter().map(ToString::to_string).collect();
+            if previous.as_ref().and_then(|p| p.invalid.as_ref()) != Some(&errors) {
+                warn!(policy = %key, generation, ?problems, keeps_running = observed.applied.is_some(), "invalid policy; the last good spec keeps running");
+            }
+            observed.invalid = Some(errors);
+        }
+    }
+    ctx.observed
+        .lock()
+        .expect("observed lock")
+        .insert(key, observed);
+    ctx.changed.notify_one();
+    ctx.metrics.reconciles.with_label_values(&["success"]).inc();
+    Ok(Action::requeue(RESYNC))
+}
+
+pub fn error_policy(policy: Arc<HealthPolicy>, error: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics.reconciles.with_label_values(&["error"]).inc();
+    ctx.metrics
+        .reconcile_errors
+        .with_label_values(&[error.metric_label()])
+        .inc();
+    warn!(policy = %policy.name_any(), error = %error, "reconcile failed");
+    Action::requeue(RETRY)
+}

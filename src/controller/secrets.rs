@@ -1,0 +1,77 @@
+//! `urlFrom.secretKeyRef`: URLs come from a reflector cache of the Secrets in scope, and a Secret
+//! change re-reconciles exactly the policies that reference it, so a rotated password reaches
+//! the checker without a restart. Values are only ever handed to [`crate::secret::SecretUrl`];
+//! error messages name the Secret and key, never the content.
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::ResourceExt;
+use kube::runtime::reflector::{ObjectRef, Store};
+
+use crate::api::{HealthPolicy, HealthPolicySpec, SecretKeyRef, UrlFrom};
+use crate::policy::UrlResolver;
+
+/// Resolves URLs for one policy: Secrets from its own namespace, env vars from this process.
+pub struct SecretUrls<'a> {
+    pub store: &'a Store<Secret>,
+    pub namespace: &'a str,
+}
+
+impl UrlResolver for SecretUrls<'_> {
+    fn resolve(&self, from: &UrlFrom) -> Result<String, String> {
+        match (&from.env, &from.secret_key_ref) {
+            (Some(name), _) => {
+                std::env::var(name).map_err(|_| format!("environment variable {name} is not set"))
+            }
+            (None, Some(reference)) => self.secret_value(reference),
+            (None, None) => Err("set env or secretKeyRef".into()),
+        }
+    }
+}
+
+impl SecretUrls<'_> {
+    fn secret_value(&self, reference: &SecretKeyRef) -> Result<String, String> {
+        let SecretKeyRef { name, key } = reference;
+        let secret = self
+            .store
+            .get(&ObjectRef::new(name).within(self.namespace))
+            .ok_or_else(|| format!("Secret {name:?} not found in namespace {}", self.namespace))?;
+        let bytes = secret
+            .data
+            .as_ref()
+            .and_then(|data| data.get(key))
+            .ok_or_else(|| format!("Secret {name:?} has no key {key:?}"))?;
+        let text = std::str::from_utf8(&bytes.0)
+            .map_err(|_| format!("key {key:?} of Secret {name:?} is not UTF-8 text"))?;
+        // `echo url | kubectl create secret --from-file` leaves a newline no URL ends with.
+        Ok(text.trim_end().to_string())
+    }
+}
+
+/// Every Secret a policy reads.
+pub fn references(spec: &HealthPolicySpec) -> impl Iterator<Item = &SecretKeyRef> {
+    spec.dependencies.iter().filter_map(|dep| {
+        let from = dep
+            .postgres
+            .as_ref()
+            .and_then(|c| c.url_from.as_ref())
+            .or_else(|| dep.redis.as_ref().and_then(|c| c.url_from.as_ref()))
+            .or_else(|| dep.redis_queue.as_ref().and_then(|c| c.url_from.as_ref()))?;
+        from.secret_key_ref.as_ref()
+    })
+}
+
+/// The policies to reconcile when `secret` changes (or appears, or goes).
+pub fn policies_referencing(
+    policies: &Store<HealthPolicy>,
+    secret: &Secret,
+) -> Vec<ObjectRef<HealthPolicy>> {
+    let namespace = secret.namespace();
+    let name = secret.name_any();
+    policies
+        .state()
+        .iter()
+        .filter(|policy| policy.namespace() == namespace)
+        .filter(|policy| references(&policy.spec).any(|r| r.name == name))
+        .map(|policy| ObjectRef::from_obj(policy.as_ref()))
+        .collect()
+}

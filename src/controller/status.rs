@@ -1,0 +1,236 @@
+//! Pure: the status a policy should have, from the engine's report, the reconcile outcome and the
+//! previous status. `lastTransitionTime` moves only when a condition's status (or a dependency's
+//! state) flips, as the Kubernetes API conventions ask; latency is the only field that changes
+//! on every check, so [`differs`] ignores it and the writer refreshes it on a slow timer.
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::jiff::Timestamp;
+
+use crate::api::{DependencyStatus, HealthPolicyStatus};
+use crate::engine::Report;
+use crate::health::{Overall, State};
+use crate::policy::FieldError;
+
+pub const READY: &str = "Ready";
+pub const DEGRADED: &str = "Degraded";
+pub const INVALID: &str = "Invalid";
+
+/// Longer messages are cut: a condition message is for humans, and etcd objects have a size cap.
+const MAX_MESSAGE: usize = 1024;
+
+/// What is known about a policy right now.
+pub struct Inputs<'a> {
+    pub generation: Option<i64>,
+    /// The running policy's readiness; `None` when no valid spec has ever been applied.
+    pub report: Option<&'a Report>,
+    /// Problems with the current spec.
+    pub invalid: Option<&'a [FieldError]>,
+    pub now: DateTime<Utc>,
+}
+
+pub fn desired(inputs: &Inputs, previous: Option<&HealthPolicyStatus>) -> HealthPolicyStatus {
+    let now = inputs.now;
+    let generation = inputs.generation;
+    let mut conditions = Vec::with_capacity(3);
+    let (ready, ready_reason, ready_message) = ready(inputs);
+    conditions.push(condition(READY, ready, ready_reason, ready_message));
+    let (degraded, degraded_reason, degraded_message) = degraded(inputs);
+    conditions.push(condition(
+        DEGRADED,
+        degraded,
+        degraded_reason,
+        degraded_message,
+    ));
+    let (invalid, invalid_reason, invalid_message) = match inputs.invalid {
+        Some(errors) => (
+            true,
+            "InvalidSpec",
+            truncate(
+                errors
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            ),
+        ),
+        None => (false, "Valid", "spec is valid".to_string()),
+    };
+    conditions.push(condition(INVALID, invalid, invalid_reason, invalid_message));
+    for c in &mut conditions {
+        c.observed_generation = generation;
+        c.last_transition_time = previous
+            .and_then(|p| p.conditions.iter().find(|old| old.type_ == c.type_))
+            .filter(|old| old.status == c.status)
+            .map(|old| old.last_transition_time.clone())
+            .unwrap_or_else(|| time(now));
+    }
+
+    let dependencies: Vec<DependencyStatus> = inputs
+        .report
+        .map(|report| {
+            report
+                .checks
+                .iter()
+                .map(|(name, view)| {
+                    let state = view.state.as_str().to_string();
+                    let since = previous
+                        .and_then(|p| p.dependencies.iter().find(|d| &d.name == name))
+                        .filter(|old| old.state == state)
+                        .and_then(|old| old.last_transition_time.clone())
+                        .unwrap_or_else(|| now.to_rfc3339_opts(SecondsFormat::Secs, true));
+                    DependencyStatus {
+                        name: name.clone(),
+                        state,
+                        reason: view.reason.map(str::to_string),
+                        latency_ms: view.latency_ms,
+                        last_transition_time: Some(since),
+                    }
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let summary = inputs.report.map(|report| {
+        let ok = report
+            .checks
+            .values()
+            .filter(|v| v.state == State::Ok)
+            .count();
+        format!("{ok}/{} ok", report.checks.len())
+    });
+    HealthPolicyStatus {
+        observed_generation: generation,
+        conditions,
+        summary,
+        dependencies,
+    }
+}
+
+/// Whether `desired` says something `current` does not, ignoring latencies.
+pub fn differs(desired: &HealthPolicyStatus, current: Option<&HealthPolicyStatus>) -> bool {
+    let Some(current) = current else {
+        return true;
+    };
+    let strip = |s: &HealthPolicyStatus| {
+        let mut s = s.clone();
+        for d in &mut s.dependencies {
+            d.latency_ms = None;
+        }
+        s
+    };
+    strip(desired) != strip(current)
+}
+
+fn ready(inputs: &Inputs) -> (bool, &'static str, String) {
+    let Some(report) = inputs.report else {
+        return match inputs.invalid {
+            Some(_) => (
+                false,
+                "InvalidSpec",
+                "no valid spec has been applied yet".into(),
+            ),
+            None => (false, "Pending", "not reconciled yet".into()),
+        };
+    };
+    let probe_passes = (200..400).contains(&report.status_code());
+    match report.overall {
+        Overall::Ok => (
+            true,
+            "AllDependenciesOk",
+            format!("{} dependencies ok", report.checks.len()),
+        ),
+        Overall::Degraded => (
+            probe_passes,
+            "Degraded",
+            truncate(format!("degraded: {}", not_ok(report, |_, _| true))),
+        ),
+        Overall::Down => {
+            let unknown_only = report
+                .checks
+                .values()
+                .filter(|v| v.critical)
+                .all(|v| v.state != State::Down);
+            let reason = if unknown_only {
+                "DependencyUnknown"
+            } else {
+                "CriticalDependencyDown"
+            };
+            (
+                false,
+                reason,
+                truncate(format!(
+                    "critical: {}",
+                    not_ok(report, |critical, state| critical
+                        && matches!(state, State::Down | State::Unknown))
+                )),
+            )
+        }
+    }
+}
+
+fn degraded(inputs: &Inputs) -> (bool, &'static str, String) {
+    match inputs.report.map(|r| (r, r.overall)) {
+        Some((report, Overall::Degraded)) => (
+            true,
+            "DependencyDegraded",
+            truncate(not_ok(report, |_, _| true)),
+        ),
+        Some((_, Overall::Down)) => (false, "Down", "the policy is down, not degraded".into()),
+        Some((_, Overall::Ok)) => (
+            false,
+            "AllDependenciesOk",
+            "no dependency is degraded".into(),
+        ),
+        None => (false, "Pending", "no checks are running".into()),
+    }
+}
+
+/// `name is down (connect), other is degraded (slow)` for the checks that match.
+fn not_ok(report: &Report, filter: impl Fn(bool, State) -> bool) -> String {
+    report
+        .checks
+        .iter()
+        .filter(|(_, v)| v.state != State::Ok && filter(v.critical, v.state))
+        .map(|(name, v)| match v.reason {
+            Some(reason) => format!("{name} is {} ({reason})", v.state.as_str()),
+            None => format!("{name} is {}", v.state.as_str()),
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn condition(type_: &str, status: bool, reason: &str, message: String) -> Condition {
+    Condition {
+        type_: type_.to_string(),
+        status: if status { "True" } else { "False" }.to_string(),
+        reason: reason.to_string(),
+        message,
+        observed_generation: None,
+        last_transition_time: Time(Timestamp::UNIX_EPOCH),
+    }
+}
+
+/// Condition times have second precision on the wire; matching that keeps comparisons exact.
+fn time(at: DateTime<Utc>) -> Time {
+    Time(Timestamp::from_second(at.timestamp()).expect("a chrono time is in jiff's range"))
+}
+
+fn truncate(mut text: String) -> String {
+    if text.len() > MAX_MESSAGE {
+        let mut cut = MAX_MESSAGE - 3;
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        text.truncate(cut);
+        text.push_str("...");
+    }
+    text
+}
+
+/// The condition of `type_`, if present.
+pub fn find<'a>(status: &'a HealthPolicyStatus, type_: &str) -> Option<&'a Condition> {
+    status.conditions.iter().find(|c| c.type_ == type_)
+}
+
+#[cfg(test)]
+mod tests;

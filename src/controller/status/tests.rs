@@ -1,0 +1,262 @@
+use std::collections::BTreeMap;
+
+use chrono::{TimeZone, Utc};
+
+use super::*;
+use crate::engine::CheckView;
+use crate::health::aggregate;
+use crate::policy::StatusCodes;
+
+fn report(checks: &[(&str, bool, State)]) -> Report {
+    let mut views = BTreeMap::new();
+    for (name, critical, state) in checks {
+        let mut view = CheckView::new(*state, *critical, None);
+        view.latency_ms = Some(1.5);
+        view.reason = Some(match state {
+            State::Down => "connect",
+            State::Degraded => "slow",
+            _ => "ok",
+        });
+        views.insert(name.to_string(), view);
+    }
+    let overall = aggregate(checks.iter().map(|(_, c, s)| (*c, *s)));
+    Report::new(overall, StatusCodes::default(), views)
+}
+
+fn at(second: i64) -> DateTime<Utc> {
+    Utc.timestamp_opt(1_800_000_000 + second, 0).unwrap()
+}
+
+fn cond<'a>(status: &'a HealthPolicyStatus, type_: &str) -> (&'a str, &'a str, i64) {
+    let c = find(status, type_).unwrap_or_else(|| panic!("no {type_} condition"));
+    (
+        c.status.as_str(),
+        c.reason.as_str(),
+        c.last_transition_time.0.as_second() - 1_800_000_000,
+    )
+}
+
+#[test]
+fn conditions_follow_the_report() {
+    use State::*;
+    let bad = [FieldError {
+        path: "spec.dependencies[0].redis.urlFrom.secretKeyRef".into(),
+        message: "Secret \"creds\" not found".into(),
+    }];
+    // (checks, invalid, Ready, Degraded, Invalid)
+    type Row<'a> = (
+        Option<&'a [(&'a str, bool, State)]>,
+        bool,
+        (&'a str, &'a str),
+        (&'a str, &'a str),
+        (&'a str, &'a str),
+    );
+    let table: &[Row] = &[
+        (
+            Some(&[("db", true, Ok), ("cache", true, Ok)]),
+            false,
+            ("True", "AllDependenciesOk"),
+            ("False", "AllDependenciesOk"),
+            ("False", "Valid"),
+        ),
+        (
+            Some(&[("db", true, Ok), ("cache", false, Down)]),
+            false,
+            ("True", "Degraded"),
+            ("True", "DependencyDegraded"),
+            ("False", "Valid"),
+        ),
+        (
+            Some(&[("db", true, Degraded)]),
+            false,
+            ("True", "Degraded"),
+            ("True", "DependencyDegraded"),
+            ("False", "Valid"),
+        ),
+        (
+            Some(&[("db", true, Down), ("cache", true, Ok)]),
+            false,
+            ("False", "CriticalDependencyDown"),
+            ("False", "Down"),
+            ("False", "Valid"),
+        ),
+        (
+            Some(&[("db", true, Unknown)]),
+            false,
+            ("False", "DependencyUnknown"),
+            ("False", "Down"),
+            ("False", "Valid"),
+        ),
+        // Invalid edit of a running policy: the old checkers still decide Ready.
+        (
+            Some(&[("db", true, Ok)]),
+            true,
+            ("True", "AllDependenciesOk"),
+            ("False", "AllDependenciesOk"),
+            ("True", "InvalidSpec"),
+        ),
+        // Never valid: nothing runs.
+        (
+            None,
+            true,
+            ("False", "InvalidSpec"),
+            ("False", "Pending"),
+            ("True", "InvalidSpec"),
+        ),
+        (
+            Some(&[]),
+            false,
+            ("True", "AllDependenciesOk"),
+            ("False", "AllDependenciesOk"),
+            ("False", "Valid"),
+        ),
+    ];
+    for (checks, invalid, ready, degraded, inv) in table {
+        let report = checks.map(report);
+        let status = desired(
+            &Inputs {
+                generation: Some(3),
+                report: report.as_ref(),
+                invalid: invalid.then_some(&bad[..]),
+                now: at(0),
+            },
+            None,
+        );
+        let row = format!("{checks:?} invalid={invalid}");
+        assert_eq!(
+            (cond(&status, READY).0, cond(&status, READY).1),
+            *ready,
+            "Ready for {row}"
+        );
+        assert_eq!(
+            (cond(&status, DEGRADED).0, cond(&status, DEGRADED).1),
+            *degraded,
+            "Degraded for {row}"
+        );
+        assert_eq!(
+            (cond(&status, INVALID).0, cond(&status, INVALID).1),
+            *inv,
+            "Invalid for {row}"
+        );
+        assert_eq!(status.observed_generation, Some(3));
+        assert!(
+            status
+                .conditions
+                .iter()
+                .all(|c| c.observed_generation == Some(3))
+        );
+        assert_eq!(status.dependencies.len(), checks.map_or(0, |c| c.len()));
+    }
+}
+
+#[test]
+fn invalid_message_carries_the_field_path() {
+    let bad = [FieldError {
+        path: "spec.dependencies[1].postgres.urlFrom.secretKeyRef".into(),
+        message: "Secret \"db\" has no key \"url\"".into(),
+    }];
+    let status = desired(
+        &Inputs {
+            generation: Some(2),
+            report: None,
+            invalid: Some(&bad),
+            now: at(0),
+        },
+        None,
+    );
+    let message = &find(&status, INVALID).unwrap().message;
+    assert!(
+        message.starts_with("spec.dependencies[1].postgres.urlFrom.secretKeyRef: "),
+        "{message}"
+    );
+}
+
+#[test]
+fn transition_times_move_only_when_status_flips() {
+    use State::*;
+    let inputs = |checks: &[(&str, bool, State)], now| (report(checks), now);
+    let build = |(report, now): (Report, DateTime<Utc>), previous: Option<&HealthPolicyStatus>| {
+        desired(
+            &Inputs {
+                generation: Some(1),
+                report: Some(&report),
+                invalid: None,
+                now,
+            },
+            previous,
+        )
+    };
+    let first = build(inputs(&[("db", true, Ok)], at(0)), None);
+    assert_eq!(cond(&first, READY), ("True", "AllDependenciesOk", 0));
+    assert_eq!(
+        first.dependencies[0].last_transition_time.as_deref(),
+        Some("2027-01-15T08:00:00Z")
+    );
+
+    // Same state later: times stay.
+    let same = build(inputs(&[("db", true, Ok)], at(30)), Some(&first));
+    assert_eq!(cond(&same, READY).2, 0);
+    assert_eq!(
+        same.dependencies[0].last_transition_time,
+        first.dependencies[0].last_transition_time
+    );
+    assert!(!differs(&same, Some(&first)), "nothing but time changed");
+
+    // Down: Ready flips (new time), Invalid does not (old time).
+    let down = build(inputs(&[("db", true, Down)], at(60)), Some(&same));
+    assert_eq!(cond(&down, READY), ("False", "CriticalDependencyDown", 60));
+    assert_eq!(cond(&down, INVALID).2, 0);
+    assert_eq!(cond(&down, DEGRADED), ("False", "Down", 0));
+    assert_eq!(down.dependencies[0].state, "down");
+    assert_eq!(down.dependencies[0].reason.as_deref(), Some("connect"));
+    assert_eq!(
+        down.dependencies[0].last_transition_time.as_deref(),
+        Some("2027-01-15T08:01:00Z")
+    );
+    assert!(differs(&down, Some(&same)));
+    assert_eq!(down.summary.as_deref(), Some("0/1 ok"));
+}
+
+#[test]
+fn latency_alone_is_not_a_transition() {
+    let mut a = report(&[("db", true, State::Ok)]);
+    let first = desired(
+        &Inputs {
+            generation: Some(1),
+            report: Some(&a),
+            invalid: None,
+            now: at(0),
+        },
+        None,
+    );
+    a.checks.get_mut("db").unwrap().latency_ms = Some(99.0);
+    let second = desired(
+        &Inputs {
+            generation: Some(1),
+            report: Some(&a),
+            invalid: None,
+            now: at(5),
+        },
+        Some(&first),
+    );
+    assert_ne!(first, second);
+    assert!(!differs(&second, Some(&first)));
+    // A new generation is.
+    let third = desired(
+        &Inputs {
+            generation: Some(2),
+            report: Some(&a),
+            invalid: None,
+            now: at(5),
+        },
+        Some(&first),
+    );
+    assert!(differs(&third, Some(&first)));
+}
+
+#[test]
+fn long_messages_are_cut_on_a_char_boundary() {
+    let long = "é".repeat(2000);
+    let cut = truncate(long);
+    assert!(cut.len() <= MAX_MESSAGE && cut.ends_with("..."));
+}

@@ -1,0 +1,135 @@
+//! Several replicas and a control plane that goes away: leader failover, and checkers that keep
+//! serving /ready while the API server is down, with status catching up when it returns.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use support::apiserver::ApiServer;
+use support::healthgate::Healthgate;
+use support::kube_env::{SETTLE, condition_status, env, env_on, policy_yaml, redis_dep};
+use support::services::Redis;
+
+/// The Lease lasts 10 s and is renewed 3 s before expiry; the issue asks for ~15 s.
+const FAILOVER_BOUND: Duration = Duration::from_secs(15);
+
+fn is_leader(hg: &Healthgate) -> bool {
+    hg.try_get("/metrics")
+        .is_ok_and(|r| r.body.lines().any(|l| l.trim() == "healthgate_leader 1"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_takes_over_status_when_the_leader_dies() {
+    let env = env("ha").await;
+    let mut redis = Redis::start();
+    let a = env.start("hg-a");
+    let b = env.start("hg-b");
+    env.apply(&policy_yaml(
+        "p",
+        &redis_dep("cache", &format!("{{url: \"{}\"}}", redis.url())),
+    ));
+    env.wait_policy("p", "Ready", |p| {
+        condition_status(p, "Ready").as_deref() == Some("True")
+    });
+    // Both replicas serve their own /ready; exactly one leads.
+    let path = format!("/ready/{}/p", env.ns);
+    for hg in [&a, &b] {
+        hg.wait_until("policy served", SETTLE, |hg| {
+            hg.try_get(&path).is_ok_and(|r| r.status == 200)
+        });
+    }
+    a.wait_until("one leader", SETTLE, |a| is_leader(a) != is_leader(&b));
+    let holder = env.kubectl(&[
+        "get",
+        "lease",
+        "healthgate",
+        "-o",
+        "jsonpath={.spec.holderIdentity}",
+    ]);
+    let (leader, standby, standby_name) = if is_leader(&a) {
+        (a, b, "hg-b")
+    } else {
+        (b, a, "hg-a")
+    };
+    assert_ne!(holder, standby_name);
+
+    // The leader dies without releasing the Lease.
+    leader.signal(Signal::SIGKILL);
+    let killed = Instant::now();
+    standby.wait_until("standby leads", FAILOVER_BOUND * 2, is_leader);
+    let took = killed.elapsed();
+    eprintln!("leader failover took {took:?}");
+    assert!(took <= FAILOVER_BOUND, "failover took {took:?}");
+    let holder = env.kubectl(&[
+        "get",
+        "lease",
+        "healthgate",
+        "-o",
+        "jsonpath={.spec.holderIdentity}",
+    ]);
+    assert_eq!(holder, standby_name);
+
+    // The new leader writes status and Events.
+    redis.stop();
+    env.wait_policy("p", "Ready False from the new leader", |p| {
+        condition_status(p, "Ready").as_deref() == Some("False")
+    });
+    let events = env.events_with_reason("p", "DependencyDown");
+    assert!(
+        events
+            .iter()
+            .any(|e| e["reportingInstance"] == standby_name),
+        "{events:#?}"
+    );
+    drop(leader);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checkers_outlive_the_api_server_and_status_catches_up() {
+    let server = ApiServer::start().expect("a dedicated control plane");
+    let env = env_on(&server, "outage").await;
+    let mut redis = Redis::start();
+    let hg = env.start("hg-0");
+    env.apply(&policy_yaml(
+        "p",
+        &redis_dep("cache", &format!("{{url: \"{}\"}}", redis.url())),
+    ));
+    env.wait_policy("p", "Ready", |p| {
+        condition_status(p, "Ready").as_deref() == Some("True")
+    });
+    let path = format!("/ready/{}/p", env.ns);
+
+    server.stop_apiserver();
+    // Checkers keep running without the API server: /ready stays ok, then follows Redis.
+    for _ in 0..20 {
+        assert_eq!(hg.get(&path).status, 200);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    redis.stop();
+    hg.wait_until("/ready 503 while the API server is down", SETTLE, |hg| {
+        hg.try_get(&path).is_ok_and(|r| r.status == 503)
+    });
+
+    server.start_apiserver();
+    // Status catches up with what happened meanwhile.
+    let policy = env.wait_policy("p", "Ready False after the outage", |p| {
+        condition_status(p, "Ready").as_deref() == Some("False")
+    });
+    assert_eq!(policy["status"]["dependencies"][0]["state"], "down");
+    // The watch resumed: an edit made now reaches the checkers.
+    redis.restart();
+    env.apply(&policy_yaml(
+        "p",
+        &(redis_dep("cache", &format!("{{url: \"{}\"}}", redis.url()))
+            + &redis_dep("cache2", &format!("{{url: \"{}\"}}", redis.url()))),
+    ));
+    hg.wait_until("edit after the outage applied", SETTLE, |hg| {
+        hg.try_get(&path)
+            .is_ok_and(|r| r.status == 200 && r.json()["checks"]["cache2"]["status"] == "ok")
+    });
+    env.wait_policy("p", "Ready with generation 2", |p| {
+        condition_status(p, "Ready").as_deref() == Some("True")
+            && p["status"]["observedGeneration"] == 2
+    });
+}

@@ -1,0 +1,397 @@
+//! Kubernetes mode on a real kube-apiserver: the healthgate binary runs as its ServiceAccount
+//! under the Role from manifests/rbac.yaml and reconciles HealthPolicies into checkers against
+//! real PostgreSQL and Redis.
+
+mod support;
+
+use serde_json::{Value, json};
+use support::kube_env::{SETTLE, checker_starts, condition_status, env, policy_yaml, redis_dep};
+use support::services::{Postgres, Redis};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policies_are_reconciled_into_checkers_with_status() {
+    let env = env("lifecycle").await;
+    let redis = Redis::start();
+    let pg = Postgres::start();
+    let hg = env.start("hg-0");
+    // Nothing to serve yet.
+    assert_eq!(hg.get("/ready/x/y").status, 404);
+
+    let redis_url = format!("{{url: \"{}\"}}", redis.url());
+    env.apply(&policy_yaml("shop", &redis_dep("cache", &redis_url)));
+    let path = format!("/ready/{}/shop", env.ns);
+    hg.wait_until("policy served and ok", SETTLE, |hg| {
+        hg.try_get(&path).is_ok_and(|r| r.status == 200)
+    });
+    assert_eq!(hg.get(&path).json()["checks"]["cache"]["status"], "ok");
+    assert_eq!(hg.get("/ready").status, 200);
+
+    // Status: conditions, observedGeneration, per-dependency list; kubectl wait works.
+    let out = env.server.kubectl(&[
+        "wait",
+        "--for=condition=Ready",
+        "hp/shop",
+        "-n",
+        &env.ns,
+        "--timeout=30s",
+    ]);
+    assert!(
+        out.status.success(),
+        "kubectl wait: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let policy = env.wait_policy("shop", "observedGeneration 1", |p| {
+        p["status"]["observedGeneration"] == 1
+    });
+    let status = &policy["status"];
+    assert_eq!(condition_status(&policy, "Ready").as_deref(), Some("True"));
+    assert_eq!(
+        condition_status(&policy, "Degraded").as_deref(),
+        Some("False")
+    );
+    assert_eq!(
+        condition_status(&policy, "Invalid").as_deref(),
+        Some("False")
+    );
+    let ready = env.condition("shop", "Ready").unwrap();
+    assert_eq!(ready["reason"], "AllDependenciesOk");
+    assert_eq!(ready["observedGeneration"], 1);
+    assert_eq!(status["dependencies"][0]["name"], "cache");
+    assert_eq!(status["dependencies"][0]["state"], "ok");
+    assert!(status["dependencies"][0]["lastTransitionTime"].is_string());
+    assert!(status["dependencies"][0]["latencyMs"].is_number());
+    assert_eq!(status["summary"], "1/1 ok");
+    let printed = env.kubectl(&["get", "hp", "shop"]);
+    assert!(printed.contains("True"), "{printed}");
+    // One field manager owns the status.
+    let with_fields: Value = serde_json::from_str(&env.kubectl(&[
+        "get",
+        "hp",
+        "shop",
+        "-o",
+        "json",
+        "--show-managed-fields",
+    ]))
+    .unwrap();
+    let managers: Vec<String> = with_fields["metadata"]["managedFields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["subresource"] == "status")
+        .map(|m| m["manager"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(managers, ["healthgate"]);
+    let ready_since = ready["lastTransitionTime"].clone();
+
+    // Update: add a dependency. The unchanged one keeps its checker.
+    let deps = redis_dep("cache", &redis_url)
+        + &format!(
+            "    - {{name: db, type: postgres, postgres: {{url: \"{}\"}}}}\n",
+            pg.url()
+        );
+    env.apply(&policy_yaml("shop", &deps));
+    hg.wait_until("postgres checked", SETTLE, |hg| {
+        hg.try_get(&path)
+            .is_ok_and(|r| r.status == 200 && r.json()["checks"]["db"]["status"] == "ok")
+    });
+    assert_eq!(
+        checker_starts(&hg, "cache"),
+        1,
+        "cache checker was restarted"
+    );
+    let policy = env.wait_policy("shop", "generation 2 observed with 2 deps", |p| {
+        p["status"]["observedGeneration"] == 2 && p["status"]["summary"] == "2/2 ok"
+    });
+    let ready = env.condition("shop", "Ready").unwrap();
+    assert_eq!(ready["observedGeneration"], 2);
+    assert_eq!(
+        ready["lastTransitionTime"], ready_since,
+        "Ready did not flip, so its time must not move"
+    );
+    assert_eq!(policy["metadata"]["generation"], 2);
+
+    // Metrics for the running policy, then gone with it.
+    let series = format!(
+        r#"healthgate_dependency_state{{name="cache",namespace="{}",policy="shop",state="ok"}}"#,
+        env.ns
+    );
+    assert_eq!(hg.metric(&series), Some(1.0));
+    assert_eq!(hg.metric("healthgate_leader"), Some(1.0));
+
+    env.kubectl(&["delete", "hp", "shop"]);
+    hg.wait_until("policy gone", SETTLE, |hg| {
+        hg.try_get(&path).is_ok_and(|r| r.status == 404)
+    });
+    let body = hg.get(&path).json();
+    assert!(body["error"].is_string(), "{body}");
+    hg.wait_until("metric series removed", SETTLE, |hg| {
+        !hg.get("/metrics").body.contains("policy=\"shop\"")
+    });
+    assert_eq!(hg.get("/ready").status, 200, "nothing left to fail");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_secret_takes_effect_without_restart_and_never_leaks() {
+    let env = env("secrets").await;
+    let old_password = "old-Pa55word-for-rotation";
+    let new_password = "new-Pa55word-after-rotation";
+    let redis = Redis::start_with_password(Some(old_password));
+    let url = |pw: &str| format!("redis://:{pw}@127.0.0.1:{}/0", redis.port);
+    let secret = |pw: &str| {
+        json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "cache-creds"},
+               "stringData": {"url": url(pw)}})
+        .to_string()
+    };
+    env.apply(&secret(old_password));
+    let hg = env.start("hg-0");
+    env.apply(&policy_yaml(
+        "shop",
+        &redis_dep(
+            "cache",
+            "{urlFrom: {secretKeyRef: {name: cache-creds, key: url}}}",
+        ),
+    ));
+    env.wait_policy("shop", "Ready", |p| {
+        condition_status(p, "Ready").as_deref() == Some("True")
+    });
+    let pid = hg.pid();
+
+    // The password changes on the server; established connections are cut.
+    let _: () = redis.cmd(&["CONFIG", "SET", "requirepass", new_password]);
+    let mut admin = redis::Client::open(url(new_password))
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let _: i64 = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("normal")
+        .query(&mut admin)
+        .unwrap();
+    let down = env.wait_policy("shop", "Ready False after the password change", |p| {
+        condition_status(p, "Ready").as_deref() == Some("False")
+    });
+    assert_eq!(down["status"]["dependencies"][0]["state"], "down");
+
+    // Rotating the Secret brings it back, in the same process.
+    env.apply(&secret(new_password));
+    env.wait_policy("shop", "Ready after the rotation", |p| {
+        condition_status(p, "Ready").as_deref() == Some("True")
+    });
+    assert_eq!(hg.pid(), pid);
+    assert_eq!(
+        hg.get(&format!("/ready/{}/shop", env.ns)).json()["checks"]["cache"]["status"],
+        "ok"
+    );
+    assert!(!env.events_with_reason("shop", "DependencyDown").is_empty());
+
+    // Neither password appears in logs, status, events, /ready or /metrics.
+    let everywhere = [
+        hg.logs().join("\n"),
+        env.policy("shop").to_string(),
+        Value::from(env.events()).to_string(),
+        hg.get("/ready").body,
+        hg.get("/metrics").body,
+    ];
+    for (place, text) in ["logs", "status", "events", "/ready", "/metrics"]
+        .iter()
+        .zip(&everywhere)
+    {
+        for pw in [old_password, new_password] {
+            assert!(!text.contains(pw), "password in {place}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalid_edit_keeps_the_last_good_checkers_and_says_where() {
+    let env = env("invalid").await;
+    let redis = Redis::start();
+    let hg = env.start("hg-0");
+    let redis_url = format!("{{url: \"{}\"}}", redis.url());
+    env.apply(&policy_yaml("good", &redis_dep("cache", &redis_url)));
+    env.apply(&policy_yaml("other", &redis_dep("cache", &redis_url)));
+    for name in ["good", "other"] {
+        env.wait_policy(name, "Ready", |p| {
+            condition_status(p, "Ready").as_deref() == Some("True")
+        });
+    }
+
+    // Passes the schema, fails validation: the Secret does not exist.
+    env.apply(&policy_yaml(
+        "good",
+        &redis_dep(
+            "cache",
+            "{urlFrom: {secretKeyRef: {name: missing, key: url}}}",
+        ),
+    ));
+    let policy = env.wait_policy("good", "Invalid", |p| {
+        condition_status(p, "Invalid").as_deref() == Some("True")
+    });
+    let invalid = env.condition("good", "Invalid").unwrap();
+    assert_eq!(invalid["reason"], "InvalidSpec");
+    let message = invalid["message"].as_str().unwrap();
+    assert!(
+        message.contains("spec.dependencies[0].redis.urlFrom.secretKeyRef"),
+        "{message}"
+    );
+    assert_eq!(policy["status"]["observedGeneration"], 2);
+    // The previous checkers keep the service ready.
+    assert_eq!(condition_status(&policy, "Ready").as_deref(), Some("True"));
+    let ready = hg.get(&format!("/ready/{}/good", env.ns));
+    assert_eq!(ready.status, 200);
+    assert_eq!(
+        checker_starts(&hg, "cache"),
+        2,
+        "one checker per policy, none restarted"
+    );
+    let events = env.events_with_reason("good", "InvalidSpec");
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0]["type"], "Warning");
+    assert!(events[0]["note"].as_str().unwrap().contains("secretKeyRef"));
+    // The other policy is untouched.
+    assert_eq!(
+        condition_status(&env.policy("other"), "Invalid").as_deref(),
+        Some("False")
+    );
+
+    // Creating the Secret fixes it without another edit.
+    env.apply(
+        &json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "missing"},
+                "stringData": {"url": redis.url()}})
+        .to_string(),
+    );
+    env.wait_policy("good", "valid again", |p| {
+        condition_status(p, "Invalid").as_deref() == Some("False")
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_role_is_sufficient_and_no_wider() {
+    let env = env("rbac").await;
+    let other = env.server.namespace("rbac-other").await;
+    let can = |args: &[&str]| {
+        let mut all = vec!["auth", "can-i"];
+        all.extend_from_slice(args);
+        let out = env.sa_kubectl(&all);
+        String::from_utf8_lossy(&out.stdout).trim() == "yes"
+    };
+    let ns = env.ns.as_str();
+    // What the controller calls.
+    for args in [
+        vec!["list", "healthpolicies.healthgate.dev", "-n", ns],
+        vec!["watch", "healthpolicies.healthgate.dev", "-n", ns],
+        vec![
+            "patch",
+            "healthpolicies.healthgate.dev/x",
+            "--subresource=status",
+            "-n",
+            ns,
+        ],
+        vec!["list", "secrets", "-n", ns],
+        vec!["watch", "secrets", "-n", ns],
+        vec!["create", "events.events.k8s.io", "-n", ns],
+        vec!["patch", "events.events.k8s.io", "-n", ns],
+        vec!["create", "leases.coordination.k8s.io", "-n", ns],
+        vec!["get", "leases.coordination.k8s.io/healthgate", "-n", ns],
+        vec!["patch", "leases.coordination.k8s.io/healthgate", "-n", ns],
+    ] {
+        assert!(can(&args), "the Role must allow {args:?}");
+    }
+    // And nothing more.
+    for args in [
+        vec!["get", "secrets/anything", "-n", ns],
+        vec!["update", "healthpolicies.healthgate.dev/x", "-n", ns],
+        vec!["patch", "healthpolicies.healthgate.dev/x", "-n", ns],
+        vec!["delete", "healthpolicies.healthgate.dev/x", "-n", ns],
+        vec!["create", "healthpolicies.healthgate.dev", "-n", ns],
+        vec!["list", "secrets", "-n", &other],
+        vec!["list", "healthpolicies.healthgate.dev", "-n", &other],
+        vec!["list", "healthpolicies.healthgate.dev", "--all-namespaces"],
+        vec!["list", "pods", "-n", ns],
+        vec!["create", "secrets", "-n", ns],
+        vec!["delete", "events.events.k8s.io", "-n", ns],
+        vec!["patch", "leases.coordination.k8s.io/someone-else", "-n", ns],
+        vec!["delete", "leases.coordination.k8s.io/healthgate", "-n", ns],
+        vec!["create", "events", "-n", ns],
+    ] {
+        assert!(!can(&args), "the Role must not allow {args:?}");
+    }
+    // A real request outside the Role is forbidden by the API server.
+    let out = env.sa_kubectl(&["get", "secrets", "-n", &other]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("forbidden"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // And the controller itself runs with it: it reconciles, writes status and elects itself.
+    let redis = Redis::start();
+    let hg = env.start("hg-0");
+    env.apply(&policy_yaml(
+        "p",
+        &redis_dep("cache", &format!("{{url: \"{}\"}}", redis.url())),
+    ));
+    env.wait_policy("p", "Ready", |p| {
+        condition_status(p, "Ready").as_deref() == Some("True")
+    });
+    assert_eq!(hg.metric("healthgate_leader"), Some(1.0));
+    let forbidden = hg
+        .logs()
+        .into_iter()
+        .filter(|l| l.contains("forbidden") || l.contains("Forbidden"))
+        .collect::<Vec<_>>();
+    assert!(forbidden.is_empty(), "{forbidden:#?}");
+}
+
+/// CR edit → checker live: the time from writing a spec with a new dependency until /ready
+/// shows that dependency's first result. The issue's target is p99 < 1 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edit_reaches_a_live_checker_within_a_second() {
+    use kube::Api;
+    use kube::api::{Patch, PatchParams};
+
+    const EDITS: usize = 20;
+    let env = env("latency").await;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    let hg = env.start("hg-0");
+    let api: Api<healthgate::HealthPolicy> = Api::namespaced(env.server.client().await, &env.ns);
+    let path = format!("/ready/{}/lat", env.ns);
+    let mut samples = Vec::with_capacity(EDITS);
+    for i in 0..EDITS {
+        let name = format!("d{i}");
+        let policy = json!({
+            "apiVersion": "healthgate.dev/v1alpha1", "kind": "HealthPolicy",
+            "metadata": {"name": "lat"},
+            "spec": {"defaults": {"interval": "1s", "timeout": "500ms"},
+                     "dependencies": [{"name": name, "type": "tcp", "tcp": {"address": address}}]},
+        });
+        let started = std::time::Instant::now();
+        api.patch(
+            "lat",
+            &PatchParams::apply("latency-test").force(),
+            &Patch::Apply(&policy),
+        )
+        .await
+        .unwrap();
+        hg.wait_until(&format!("{name} live"), SETTLE, |hg| {
+            hg.try_get(&path)
+                .is_ok_and(|r| r.status == 200 && r.json()["checks"][&name]["status"] == "ok")
+        });
+        samples.push(started.elapsed());
+    }
+    samples.sort();
+    let p50 = samples[EDITS / 2];
+    let p99 = samples[(EDITS * 99).div_ceil(100) - 1];
+    eprintln!(
+        "edit -> live checker over {EDITS} edits: min {:?}, p50 {p50:?}, p99 {p99:?}, max {:?}",
+        samples[0],
+        samples[EDITS - 1]
+    );
+    assert!(
+        p99 < std::time::Duration::from_secs(1),
+        "p99 {p99:?}: {samples:?}"
+    );
+    drop(listener);
+}
