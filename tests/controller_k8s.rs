@@ -395,3 +395,91 @@ async fn an_edit_reaches_a_live_checker_within_a_second() {
     );
     drop(listener);
 }
+
+/// `kubectl apply -k manifests/` works on a real API server, and the examples apply too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn manifests_build_offline_and_apply() {
+    let server = support::apiserver::server();
+    server.apply_crds().await;
+    let built = server.kubectl_ok(&[
+        "kustomize",
+        &format!("{}/manifests", support::apiserver::REPO),
+    ]);
+    let docs: Vec<Value> = serde_saphyr::from_multiple(&built).unwrap();
+    let kinds: Vec<&str> = docs.iter().map(|d| d["kind"].as_str().unwrap()).collect();
+    for kind in [
+        "Namespace",
+        "CustomResourceDefinition",
+        "ServiceAccount",
+        "Role",
+        "RoleBinding",
+        "Service",
+        "Deployment",
+    ] {
+        assert!(kinds.contains(&kind), "{kind} missing from {kinds:?}");
+    }
+    let deployment = docs.iter().find(|d| d["kind"] == "Deployment").unwrap();
+    let pod = &deployment["spec"]["template"]["spec"];
+    let container = &pod["containers"][0];
+    assert_eq!(container["livenessProbe"]["httpGet"]["path"], "/health");
+    assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/ready");
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+    assert_eq!(container["securityContext"]["readOnlyRootFilesystem"], true);
+    assert_eq!(
+        container["securityContext"]["allowPrivilegeEscalation"],
+        false
+    );
+    assert!(container["resources"]["requests"]["cpu"].is_string());
+    assert_eq!(pod["serviceAccountName"], "healthgate");
+    let env_names: Vec<&str> = container["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["name"].as_str().unwrap())
+        .collect();
+    assert!(env_names.contains(&"POD_NAME") && env_names.contains(&"POD_NAMESPACE"));
+
+    let out = server.kubectl_stdin(&["apply", "-f", "-"], &built);
+    assert!(
+        out.status.success(),
+        "kubectl apply -k manifests/: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ns = server.namespace("examples").await;
+    for file in support::apiserver::yaml_files(
+        &std::path::Path::new(support::apiserver::REPO).join("manifests/examples"),
+    ) {
+        let path = file.display().to_string();
+        let out = server.kubectl(&["apply", "-n", &ns, "-f", &path]);
+        assert!(
+            out.status.success(),
+            "kubectl apply -f {path}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // The sidecar example's ServiceAccount gets exactly what its healthgate needs.
+    let sa = server.service_account(&ns, "shop").await;
+    for verb_resource in [
+        ["list", "healthpolicies.healthgate.dev"],
+        ["watch", "secrets"],
+        ["get", "leases.coordination.k8s.io/shop-healthgate"],
+    ] {
+        let out = server.kubectl_with(
+            &sa.kubeconfig,
+            &[
+                "auth",
+                "can-i",
+                verb_resource[0],
+                verb_resource[1],
+                "-n",
+                &ns,
+            ],
+            None,
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            "yes",
+            "{verb_resource:?}"
+        );
+    }
+}
