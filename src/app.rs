@@ -90,12 +90,18 @@ pub async fn serve(args: ServeArgs) -> ExitCode {
                 background.clone(),
             ))
         }
-        Source::Kubernetes { client, settings } => tokio::spawn(controller::run(
-            client,
-            engine.clone(),
-            settings,
-            background.clone(),
-        )),
+        Source::Kubernetes { client, settings } => {
+            state
+                .synced
+                .store(false, std::sync::atomic::Ordering::Release);
+            tokio::spawn(controller::run(
+                client,
+                engine.clone(),
+                settings,
+                state.synced.clone(),
+                background.clone(),
+            ))
+        }
     };
     let migration = tokio::spawn({
         let users = users.clone();

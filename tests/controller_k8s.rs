@@ -14,8 +14,11 @@ async fn policies_are_reconciled_into_checkers_with_status() {
     let redis = Redis::start();
     let pg = Postgres::start();
     let hg = env.start("hg-0");
-    // Nothing to serve yet.
-    assert_eq!(hg.get("/ready/x/y").status, 404);
+    // Nothing to serve yet: ready once the (empty) list is loaded, and an unknown policy is 404.
+    hg.wait_ready_status(200, SETTLE);
+    let unknown = hg.get("/ready/x/y");
+    assert_eq!(unknown.status, 404);
+    assert!(unknown.json()["error"].is_string());
 
     let redis_url = format!("{{url: \"{}\"}}", redis.url());
     env.apply(&policy_yaml("shop", &redis_dep("cache", &redis_url)));
@@ -482,4 +485,33 @@ async fn manifests_build_offline_and_apply() {
             "{verb_resource:?}"
         );
     }
+}
+
+/// A replica must not report ready before it has loaded its policies: an empty engine would
+/// otherwise read as "nothing to fail".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ready_waits_for_the_policies_to_load() {
+    let env = env("startup").await;
+    let closed = support::services::free_port();
+    env.apply(&policy_yaml(
+        "p",
+        &redis_dep(
+            "cache",
+            &format!("{{url: \"redis://127.0.0.1:{closed}/0\"}}"),
+        ),
+    ));
+    let hg = env.start("hg-0");
+    let mut answers = Vec::new();
+    let started = std::time::Instant::now();
+    while started.elapsed() < std::time::Duration::from_secs(3) {
+        let reply = hg.get("/ready");
+        answers.push((reply.status, reply.json()));
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert!(
+        answers.iter().all(|(status, _)| *status == 503),
+        "{answers:?}"
+    );
+    let (_, last) = answers.last().unwrap();
+    assert_eq!(last["checks"]["cache"]["status"], "down", "{last}");
 }

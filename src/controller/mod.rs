@@ -14,6 +14,7 @@ pub mod status;
 mod writer;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -22,7 +23,7 @@ use k8s_openapi::api::core::v1::{ObjectReference, Secret};
 use kube::runtime::controller::{self, Controller};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Api, Client};
+use kube::{Api, Client, ResourceExt};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -175,7 +176,16 @@ pub async fn connect(args: KubeArgs) -> Result<(Client, Settings)> {
 }
 
 /// Runs the controller, the leader election and the status writer until `cancel` fires.
-pub async fn run(client: Client, engine: Engine, settings: Settings, cancel: CancellationToken) {
+///
+/// `synced` is set once every policy of the first list has been reconciled; until then /ready
+/// answers 503 rather than "ready with nothing to check".
+pub async fn run(
+    client: Client,
+    engine: Engine,
+    settings: Settings,
+    synced: Arc<AtomicBool>,
+    cancel: CancellationToken,
+) {
     let (policies, secrets_api) = apis(&client, &settings.scope);
     let mut policy_watch = watcher::Config::default();
     if let Some(selector) = &settings.selector {
@@ -217,7 +227,12 @@ pub async fn run(client: Client, engine: Engine, settings: Settings, cancel: Can
         settings.identity.clone(),
         cancel.clone(),
     ));
-    let sweeper_task = tokio::spawn(sweep(ctx.clone(), policy_store.clone(), cancel.clone()));
+    let sweeper_task = tokio::spawn(sweep(
+        ctx.clone(),
+        policy_store.clone(),
+        synced,
+        cancel.clone(),
+    ));
 
     info!(scope = ?settings.scope, selector = ?settings.selector, identity = %settings.identity, "watching HealthPolicies");
     let by_secret = policy_store.clone();
@@ -274,15 +289,40 @@ fn forget(ctx: &Context, key: &PolicyKey) {
 /// longer matches the selector, loses its checkers; it also covers deletes missed in a watch gap.
 const SWEEP_PERIOD: Duration = Duration::from_secs(1);
 
-async fn sweep(ctx: Arc<Context>, store: Store<HealthPolicy>, cancel: CancellationToken) {
+async fn sweep(
+    ctx: Arc<Context>,
+    store: Store<HealthPolicy>,
+    synced: Arc<AtomicBool>,
+    cancel: CancellationToken,
+) {
     loop {
+        let period = if synced.load(Ordering::Acquire) {
+            SWEEP_PERIOD
+        } else {
+            SYNC_POLL
+        };
         tokio::select! {
             _ = cancel.cancelled() => return,
-            _ = tokio::time::sleep(SWEEP_PERIOD) => {}
+            _ = tokio::time::sleep(period) => {}
         }
         // Before the first list, an empty cache would mean "everything was deleted".
         if !is_synced(&store) {
             continue;
+        }
+        let cached = store.state();
+        if !synced.load(Ordering::Acquire) {
+            let observed = ctx.observed.lock().expect("observed lock");
+            let all_reconciled = cached.iter().all(|policy| {
+                let key = PolicyKey::new(policy.namespace().unwrap_or_default(), policy.name_any());
+                observed.contains_key(&key)
+            });
+            if all_reconciled {
+                info!(
+                    policies = cached.len(),
+                    "initial policies loaded; /ready now reports them"
+                );
+                synced.store(true, Ordering::Release);
+            }
         }
         let mut known = ctx.engine.policies();
         known.extend(ctx.observed.lock().expect("observed lock").keys().cloned());

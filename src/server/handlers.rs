@@ -47,6 +47,12 @@ pub fn ready(state: &AppState, method: &Method, policy: Option<(String, String)>
     if !readable(method) {
         return method_not_allowed();
     }
+    if !state.is_synced() {
+        return json_response(
+            503,
+            &json!({ "status": "down", "starting": true, "checks": {} }),
+        );
+    }
     let report = match policy {
         None => state.engine.report_all(),
         Some((namespace, name)) => match state.engine.report(&PolicyKey::new(namespace, name)) {

@@ -36,6 +36,9 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     pub users: Users,
     pub draining: Arc<AtomicBool>,
+    /// False until the policy source has loaded every policy once (Kubernetes mode starts with
+    /// an empty engine, which would otherwise read as "nothing to fail, ready").
+    pub synced: Arc<AtomicBool>,
 }
 
 impl AppState {
@@ -45,7 +48,12 @@ impl AppState {
             engine,
             users,
             draining: Arc::new(AtomicBool::new(false)),
+            synced: Arc::new(AtomicBool::new(true)),
         }
+    }
+
+    pub fn is_synced(&self) -> bool {
+        self.synced.load(Ordering::Acquire)
     }
 
     pub fn start_draining(&self) {
