@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use support::healthgate::{Healthgate, http_get};
 use support::services::{Postgres, REPO, Redis};
-use support::tools::{Prometheus, SCRAPE_INTERVAL, ensure_tools, promtool};
+use support::tools::{
+    Prometheus, ensure_tools, numeric_samples, panel_queries, promtool, substitute,
+};
 
 const DASHBOARD: &str = "manifests/monitoring/grafana-dashboard.json";
 const DASHBOARD_CONFIGMAP: &str = "manifests/monitoring/grafana-dashboard-configmap.yaml";
@@ -158,6 +160,10 @@ fn dashboard() -> Value {
     serde_json::from_str(&read(DASHBOARD)).expect("the dashboard is JSON")
 }
 
+fn substitute_vars(expr: &str) -> String {
+    substitute(expr, NAMESPACE, POLICY)
+}
+
 #[test]
 fn dashboard_configmap_carries_the_dashboard_json_for_the_grafana_sidecar() {
     let configmap: Value = serde_saphyr::from_str(&read(DASHBOARD_CONFIGMAP)).unwrap();
@@ -234,68 +240,9 @@ fn dashboard_type_checks_against_grafana_schema() {
     }
 }
 
-/// A panel query as Grafana would send it, or a variable's `label_values(selector, label)`.
-struct PanelQuery {
-    panel: String,
-    expr: String,
-}
-
-fn panel_queries(dashboard: &Value) -> Vec<PanelQuery> {
-    let mut panels: Vec<&Value> = Vec::new();
-    for panel in dashboard["panels"].as_array().unwrap() {
-        panels.push(panel);
-        if let Some(nested) = panel["panels"].as_array() {
-            panels.extend(nested);
-        }
-    }
-    panels
-        .into_iter()
-        .filter(|p| p["type"] != "row")
-        .flat_map(|p| {
-            let targets = p["targets"].as_array().cloned().unwrap_or_default();
-            assert!(!targets.is_empty(), "panel {} has no query", p["title"]);
-            targets.into_iter().map(move |t| PanelQuery {
-                panel: format!("{} [{}]", p["title"].as_str().unwrap(), t["refId"]),
-                expr: t["expr"].as_str().expect("a PromQL expr").to_string(),
-            })
-        })
-        .collect()
-}
-
-/// Substitutes the dashboard variables and Grafana's interval macros as Grafana does for a
-/// Prometheus data source whose scrape interval is [`SCRAPE_INTERVAL`].
-fn substitute(expr: &str) -> String {
-    let scrape: u64 = SCRAPE_INTERVAL.trim_end_matches('s').parse().unwrap();
-    // $__rate_interval = max($__interval + scrape interval, 4 × scrape interval).
-    let rate_interval = format!("{}s", (4 * scrape).max(scrape + scrape));
-    let out = expr
-        .replace("$__rate_interval", &rate_interval)
-        .replace("$__interval", &format!("{scrape}s"))
-        .replace("$namespace", NAMESPACE)
-        .replace("$policy", POLICY);
-    assert!(!out.contains('$'), "unsubstituted variable in {out}");
-    out
-}
-
-/// Samples with a number in a range-query answer (NaN from an idle histogram is not data).
-fn numeric_samples(answer: &Value) -> usize {
-    answer["data"]["result"]
-        .as_array()
-        .map(|series| {
-            series
-                .iter()
-                .flat_map(|s| s["values"].as_array().cloned().unwrap_or_default())
-                .filter(|v| {
-                    v[1].as_str()
-                        .is_some_and(|x| x.parse::<f64>().is_ok_and(f64::is_finite))
-                })
-                .count()
-        })
-        .unwrap_or(0)
-}
-
-/// Panels whose metrics only get series in Kubernetes mode (a reconcile error has a reason
-/// label only once one happened). Their queries must still be valid PromQL.
+/// Panels whose metrics have no series in standalone mode: a reconcile error has a reason label
+/// only once one happened. Their queries must still be valid PromQL. The other controller panels
+/// are data-checked on a Kubernetes-mode healthgate in tests/observability_k8s.rs.
 const KUBERNETES_ONLY: &[&str] = &["healthgate_reconcile_errors_total"];
 
 #[test]
@@ -340,7 +287,7 @@ fn every_dashboard_panel_query_returns_data_from_a_real_prometheus() {
                 .and_then(|rest| rest.strip_suffix(')'))
                 .and_then(|inner| inner.rsplit_once(", "))
                 .unwrap_or_else(|| panic!("unexpected variable query {definition}"));
-            let answer = prom.series(&substitute(selector));
+            let answer = prom.series(&substitute_vars(selector));
             let values: BTreeSet<String> = answer
                 .iter()
                 .filter_map(|s| s[label].as_str().map(String::from))
@@ -355,7 +302,7 @@ fn every_dashboard_panel_query_returns_data_from_a_real_prometheus() {
             }
         }
         for query in &queries {
-            let expr = substitute(&query.expr);
+            let expr = substitute_vars(&query.expr);
             let answer = prom.query_range(&expr, 30, 1);
             assert_eq!(
                 answer["status"], "success",
@@ -385,7 +332,7 @@ fn every_dashboard_panel_query_returns_data_from_a_real_prometheus() {
     );
     // The panels' data is this healthgate's: the readiness panel shows the dead TCP
     // dependency as down (3) and postgres as ok (1).
-    let states = prom.query(&substitute(
+    let states = prom.query(&substitute_vars(
         &queries
             .iter()
             .find(|q| q.panel.starts_with("Readiness state per dependency"))

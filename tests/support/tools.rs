@@ -378,3 +378,65 @@ impl Collector {
         }
     }
 }
+
+// Grafana dashboard queries, as Grafana would send them to Prometheus.
+
+/// A panel query as Grafana would send it, or a variable's `label_values(selector, label)`.
+pub struct PanelQuery {
+    pub panel: String,
+    pub expr: String,
+}
+
+pub fn panel_queries(dashboard: &serde_json::Value) -> Vec<PanelQuery> {
+    let mut panels: Vec<&serde_json::Value> = Vec::new();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        panels.push(panel);
+        if let Some(nested) = panel["panels"].as_array() {
+            panels.extend(nested);
+        }
+    }
+    panels
+        .into_iter()
+        .filter(|p| p["type"] != "row")
+        .flat_map(|p| {
+            let targets = p["targets"].as_array().cloned().unwrap_or_default();
+            assert!(!targets.is_empty(), "panel {} has no query", p["title"]);
+            targets.into_iter().map(move |t| PanelQuery {
+                panel: format!("{} [{}]", p["title"].as_str().unwrap(), t["refId"]),
+                expr: t["expr"].as_str().expect("a PromQL expr").to_string(),
+            })
+        })
+        .collect()
+}
+
+/// Substitutes the dashboard variables and Grafana's interval macros as Grafana does for a
+/// Prometheus data source whose scrape interval is [`SCRAPE_INTERVAL`].
+pub fn substitute(expr: &str, namespace: &str, policy: &str) -> String {
+    let scrape: u64 = SCRAPE_INTERVAL.trim_end_matches('s').parse().unwrap();
+    // $__rate_interval = max($__interval + scrape interval, 4 × scrape interval).
+    let rate_interval = format!("{}s", (4 * scrape).max(scrape + scrape));
+    let out = expr
+        .replace("$__rate_interval", &rate_interval)
+        .replace("$__interval", &format!("{scrape}s"))
+        .replace("$namespace", namespace)
+        .replace("$policy", policy);
+    assert!(!out.contains('$'), "unsubstituted variable in {out}");
+    out
+}
+
+/// Samples with a number in a range-query answer (NaN from an idle histogram is not data).
+pub fn numeric_samples(answer: &serde_json::Value) -> usize {
+    answer["data"]["result"]
+        .as_array()
+        .map(|series| {
+            series
+                .iter()
+                .flat_map(|s| s["values"].as_array().cloned().unwrap_or_default())
+                .filter(|v| {
+                    v[1].as_str()
+                        .is_some_and(|x| x.parse::<f64>().is_ok_and(f64::is_finite))
+                })
+                .count()
+        })
+        .unwrap_or(0)
+}
