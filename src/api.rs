@@ -72,10 +72,27 @@ pub struct HealthPolicySpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status_codes: Option<StatusCodes>,
 
+    /// Readiness-cascade protection (opt-in): when a critical dependency is down for every
+    /// replica serving this policy at once, /ready answers degraded instead of down, so the
+    /// Service keeps its endpoints and can still serve what does not need that dependency.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cascade_protection: Option<CascadeProtection>,
+
     /// The dependencies to check. Names must be unique within the policy.
     #[schemars(length(max = 64))]
     #[x_kube(validation = Rule::new("self.all(d, self.exists_one(e, e.name == d.name))").message("dependency names must be unique"))]
     pub dependencies: Vec<Dependency>,
+}
+
+/// Readiness-cascade protection. Replicas publish which critical dependencies they see down
+/// (one Lease per replica); a dependency down on every live replica stops counting as critical.
+/// A dependency down on only some replicas still takes those replicas out of rotation.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CascadeProtection {
+    /// Turns the protection on. Default false.
+    #[serde(default)]
+    pub enabled: bool,
 }
 
 /// Check settings shared by all dependencies of a policy.

@@ -133,3 +133,83 @@ async fn checkers_outlive_the_api_server_and_status_catches_up() {
             && p["status"]["observedGeneration"] == 2
     });
 }
+
+/// Cascade protection: a critical dependency down on one replica takes that replica out; down on
+/// every replica, both answer degraded (kept in rotation) — only for policies that opt in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cascade_protection_degrades_only_when_every_replica_sees_the_outage() {
+    let env = env("cascade").await;
+    let mut redis = Redis::start();
+    let closed = support::services::free_port();
+    let dead_url = format!("redis://127.0.0.1:{closed}/0");
+    let deps = redis_dep("cache", "{urlFrom: {env: REDIS_URL}}");
+    // Three failures in a row: a check that is merely slow on a loaded machine is no outage.
+    let policy = |name: &str| {
+        policy_yaml(name, &deps).replace("timeout: 500ms}", "timeout: 1s, failureThreshold: 3}")
+    };
+    env.apply(&format!(
+        "{}  cascadeProtection: {{enabled: true}}\n",
+        policy("protected")
+    ));
+    env.apply(&policy("plain"));
+    // Replica a reaches Redis, replica b does not (its own network problem).
+    let a = env.start_with("hg-a", &[("REDIS_URL", &redis.url())], &[]);
+    let b = env.start_with("hg-b", &[("REDIS_URL", &dead_url)], &[]);
+    let protected = format!("/ready/{}/protected", env.ns);
+    let plain = format!("/ready/{}/plain", env.ns);
+    let status = |hg: &Healthgate, path: &str| hg.try_get(path).map(|r| r.status).unwrap_or(0);
+
+    a.wait_until("a ready", SETTLE, |a| status(a, &protected) == 200);
+    b.wait_until("b down", SETTLE, |b| status(b, &protected) == 503);
+    // Views are exchanged every few seconds; b must stay out: a is better off.
+    let until = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < until {
+        assert_eq!(status(&b, &protected), 503, "b must stay out of rotation");
+        assert_eq!(status(&a, &protected), 200);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // Now Redis is down for every replica: both stay in rotation, degraded.
+    redis.stop();
+    let outage = Instant::now();
+    for hg in [&a, &b] {
+        hg.wait_until("degraded under cascade protection", SETTLE, |hg| {
+            status(hg, &protected) == 207
+        });
+    }
+    let took = outage.elapsed();
+    eprintln!("cascade protection engaged on both replicas {took:?} after the outage");
+    // The kubelet removes an endpoint after periodSeconds × failureThreshold (5 s × 2 in
+    // manifests/); protection must engage before that.
+    assert!(took < Duration::from_secs(10), "took {took:?}");
+    let body = b.get(&protected).json();
+    assert_eq!(body["status"], "degraded", "{body}");
+    assert_eq!(body["checks"]["cache"]["status"], "down");
+    assert_eq!(body["checks"]["cache"]["cascade_protected"], true);
+    // Opt-in: the policy without protection is down on both.
+    assert_eq!(status(&a, &plain), 503);
+    assert_eq!(status(&b, &plain), 503);
+    // The views are in the API server, one Lease per replica.
+    let leases = env.kubectl(&[
+        "get",
+        "leases",
+        "-l",
+        "healthgate.dev/view-of=healthgate",
+        "-o",
+        "name",
+    ]);
+    assert!(
+        leases.contains("healthgate-view-hg-a") && leases.contains("healthgate-view-hg-b"),
+        "{leases}"
+    );
+    // The leader's status says Ready (degraded), not down.
+    env.wait_policy("protected", "Ready under protection", |p| {
+        condition_status(p, "Ready").as_deref() == Some("True")
+            && condition_status(p, "Degraded").as_deref() == Some("True")
+    });
+
+    // Redis back: a recovers; b, still cut off, goes back out of rotation.
+    redis.restart();
+    a.wait_until("a ok again", SETTLE, |a| status(a, &protected) == 200);
+    b.wait_until("b out again", SETTLE, |b| status(b, &protected) == 503);
+}

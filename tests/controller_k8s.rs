@@ -298,6 +298,14 @@ async fn the_role_is_sufficient_and_no_wider() {
         vec!["create", "leases.coordination.k8s.io", "-n", ns],
         vec!["get", "leases.coordination.k8s.io/healthgate", "-n", ns],
         vec!["patch", "leases.coordination.k8s.io/healthgate", "-n", ns],
+        vec![
+            "patch",
+            "leases.coordination.k8s.io/healthgate-view-hg-0",
+            "-n",
+            ns,
+        ],
+        vec!["list", "leases.coordination.k8s.io", "-n", ns],
+        vec!["watch", "leases.coordination.k8s.io", "-n", ns],
     ] {
         assert!(can(&args), "the Role must allow {args:?}");
     }
@@ -314,7 +322,9 @@ async fn the_role_is_sufficient_and_no_wider() {
         vec!["list", "pods", "-n", ns],
         vec!["create", "secrets", "-n", ns],
         vec!["delete", "events.events.k8s.io", "-n", ns],
-        vec!["patch", "leases.coordination.k8s.io/someone-else", "-n", ns],
+        vec!["get", "leases.coordination.k8s.io/someone-else", "-n", ns],
+        vec!["update", "leases.coordination.k8s.io/healthgate", "-n", ns],
+        vec!["patch", "leases.coordination.k8s.io/x", "-n", &other],
         vec!["delete", "leases.coordination.k8s.io/healthgate", "-n", ns],
         vec!["create", "events", "-n", ns],
     ] {

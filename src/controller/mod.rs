@@ -6,6 +6,7 @@
 //! Events, so N replicas do not fight over one status. Reconcile never blocks on a check: it
 //! validates, diffs and returns; status is computed from the engine's cache by a separate task.
 
+mod cascade;
 mod events;
 mod leader;
 mod reconcile;
@@ -227,6 +228,12 @@ pub async fn run(
         settings.identity.clone(),
         cancel.clone(),
     ));
+    let cascade_task = tokio::spawn(cascade::run(
+        client.clone(),
+        ctx.clone(),
+        settings.clone(),
+        cancel.clone(),
+    ));
     let sweeper_task = tokio::spawn(sweep(
         ctx.clone(),
         policy_store.clone(),
@@ -262,7 +269,7 @@ pub async fn run(
             futures::future::ready(())
         })
         .await;
-    let _ = tokio::join!(lease_task, writer_task, sweeper_task);
+    let _ = tokio::join!(lease_task, writer_task, cascade_task, sweeper_task);
     info!("controller stopped");
 }
 

@@ -5,7 +5,7 @@
 mod checker;
 mod report;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
@@ -69,6 +69,8 @@ struct RunningCheck {
 struct RunningPolicy {
     policy: Policy,
     checks: BTreeMap<String, RunningCheck>,
+    /// Dependencies down on every replica (cascade protection); set by the controller.
+    shared_outage: BTreeSet<String>,
 }
 
 #[derive(Clone)]
@@ -107,9 +109,9 @@ impl Engine {
         // new one, never a moment without it. Nothing in here waits on I/O.
         let mut policies = self.inner.policies.write().expect("engine lock");
         let mut changes = Changes::default();
-        let mut previous = policies
+        let (mut previous, shared_outage) = policies
             .remove(key)
-            .map(|running| running.checks)
+            .map(|running| (running.checks, running.shared_outage))
             .unwrap_or_default();
         let mut checks = BTreeMap::new();
         for spec in &policy.dependencies {
@@ -141,13 +143,33 @@ impl Engine {
             running.cancel.cancel();
             changes.stopped.push(name);
         }
-        policies.insert(key.clone(), RunningPolicy { policy, checks });
+        policies.insert(
+            key.clone(),
+            RunningPolicy {
+                policy,
+                checks,
+                shared_outage,
+            },
+        );
         self.inner
             .connections
             .retain(policies.values().map(|p| &p.policy));
         drop(policies);
         info!(policy = %key, started = ?changes.started, restarted = ?changes.restarted, stopped = ?changes.stopped, "policy applied");
         changes
+    }
+
+    /// Records which dependencies of `key` are down on every replica. With cascade protection
+    /// on, those stop counting as critical while they are down here too. False if not running.
+    pub fn set_shared_outage(&self, key: &PolicyKey, dependencies: BTreeSet<String>) -> bool {
+        let mut policies = self.inner.policies.write().expect("engine lock");
+        match policies.get_mut(key) {
+            Some(running) => {
+                running.shared_outage = dependencies;
+                true
+            }
+            None => false,
+        }
     }
 
     /// Stops every checker of a policy; its metric series go with them.
@@ -230,11 +252,14 @@ impl Engine {
                 ),
                 None => State::Unknown,
             };
-            states.push((check.spec.critical, state));
-            checks.insert(
-                name.clone(),
-                CheckView::new(state, check.spec.critical, record.as_ref()),
-            );
+            let protected = running.policy.cascade_protection
+                && check.spec.critical
+                && state == State::Down
+                && running.shared_outage.contains(name);
+            states.push((check.spec.critical && !protected, state));
+            let mut view = CheckView::new(state, check.spec.critical, record.as_ref());
+            view.cascade_protected = protected;
+            checks.insert(name.clone(), view);
         }
         Report::new(aggregate(states), running.policy.status_codes, checks)
     }

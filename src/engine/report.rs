@@ -32,6 +32,9 @@ pub struct CheckView {
     pub detail: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Down, but down on every replica: counted as non-critical (readiness-cascade protection).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub cascade_protected: bool,
     #[serde(skip)]
     pub state: State,
 }
@@ -50,6 +53,7 @@ impl CheckView {
             reason: record.map(|r| r.reason.as_str()),
             detail: record.and_then(|r| r.detail.clone()),
             error: record.and_then(|r| r.error.clone()),
+            cascade_protected: false,
             state,
         }
     }

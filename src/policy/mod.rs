@@ -20,6 +20,9 @@ pub struct Policy {
     pub max_staleness: Duration,
     pub status_codes: StatusCodes,
     pub dependencies: Vec<DependencySpec>,
+    /// spec.cascadeProtection.enabled: a critical dependency down on every replica degrades
+    /// instead of downing (see `Engine::set_shared_outage`).
+    pub cascade_protection: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -125,6 +125,7 @@ pub fn validate(
             max_staleness,
             status_codes,
             dependencies,
+            cascade_protection: spec.cascade_protection.as_ref().is_some_and(|c| c.enabled),
         })
     } else {
         Err(errors.0)
