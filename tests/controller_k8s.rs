@@ -1,10 +1,11 @@
 //! Kubernetes mode on a real kube-apiserver: the healthgate binary runs as its ServiceAccount
-//! under the Role from manifests/rbac.yaml and reconciles HealthPolicies into checkers against
+//! under the Role from manifests/base/rbac.yaml and reconciles HealthPolicies into checkers against
 //! real PostgreSQL and Redis.
 
 mod support;
 
 use serde_json::{Value, json};
+use support::healthgate::Healthgate;
 use support::kube_env::{SETTLE, checker_starts, condition_status, env, policy_yaml, redis_dep};
 use support::services::{Postgres, Redis};
 
@@ -85,6 +86,17 @@ async fn policies_are_reconciled_into_checkers_with_status() {
         .collect();
     assert_eq!(managers, ["healthgate"]);
     let ready_since = ready["lastTransitionTime"].clone();
+
+    // Status is written on transitions (and latency at most every 10 s), never once per check:
+    // ten checks in 3 s of steady state make at most one write.
+    let writes = || hg.metric("healthgate_status_writes_total").unwrap_or(0.0);
+    let before = writes();
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    assert!(
+        writes() - before <= 1.0,
+        "{} status writes in 3 s",
+        writes() - before
+    );
 
     // Update: add a dependency. The unchanged one keeps its checker.
     let deps = redis_dep("cache", &redis_url)
@@ -186,7 +198,19 @@ async fn a_rotated_secret_takes_effect_without_restart_and_never_leaks() {
         hg.get(&format!("/ready/{}/shop", env.ns)).json()["checks"]["cache"]["status"],
         "ok"
     );
-    assert!(!env.events_with_reason("shop", "DependencyDown").is_empty());
+    // One transition, one Event each way (derived from status, not from checks).
+    let down_events = env.events_with_reason("shop", "DependencyDown");
+    assert_eq!(down_events.len(), 1, "{down_events:#?}");
+    assert_eq!(down_events[0]["type"], "Warning");
+    assert_eq!(
+        down_events[0]["reportingController"],
+        "healthgate.dev/controller"
+    );
+    assert_eq!(down_events[0]["reportingInstance"], "hg-0");
+    assert_eq!(
+        env.events_with_reason("shop", "DependencyRecovered").len(),
+        1
+    );
 
     // Neither password appears in logs, status, events, /ready or /metrics.
     let everywhere = [
@@ -452,6 +476,13 @@ async fn manifests_build_offline_and_apply() {
         .collect();
     assert!(env_names.contains(&"POD_NAME") && env_names.contains(&"POD_NAMESPACE"));
 
+    let cluster_wide = server.kubectl_ok(&[
+        "kustomize",
+        &format!("{}/manifests/cluster-wide", support::apiserver::REPO),
+    ]);
+    assert!(
+        cluster_wide.contains("kind: ClusterRole\n") && cluster_wide.contains("--all-namespaces")
+    );
     let out = server.kubectl_stdin(&["apply", "-f", "-"], &built);
     assert!(
         out.status.success(),
@@ -524,4 +555,95 @@ async fn ready_waits_for_the_policies_to_load() {
     );
     let (_, last) = answers.last().unwrap();
     assert_eq!(last["checks"]["cache"]["status"], "down", "{last}");
+}
+
+/// `--all-namespaces` under the ClusterRole of manifests/cluster-wide: policies of several
+/// namespaces in one /ready (keyed namespace/policy/dependency), status written in each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn all_namespaces_mode_serves_every_namespace_under_the_cluster_role() {
+    let env = env("cluster").await;
+    let server = env.server;
+    // The ClusterRole and its binding, renamed per test (cluster-scoped names) and bound to
+    // this test's ServiceAccount.
+    let text = std::fs::read_to_string(format!(
+        "{}/manifests/cluster-wide/clusterrole.yaml",
+        support::apiserver::REPO
+    ))
+    .unwrap();
+    let mut docs: Vec<Value> = serde_saphyr::from_multiple(&text).unwrap();
+    let unique = format!("healthgate-{}", env.ns);
+    for doc in &mut docs {
+        doc["metadata"]["name"] = json!(unique);
+        if doc["kind"] == "ClusterRoleBinding" {
+            doc["roleRef"]["name"] = json!(unique);
+            doc["subjects"][0]["namespace"] = json!(env.ns);
+        }
+    }
+    let list = json!({"apiVersion": "v1", "kind": "List", "items": docs}).to_string();
+    let out = server.kubectl_stdin(&["apply", "-f", "-"], &list);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let redis = Redis::start();
+    let teams = [
+        server.namespace("team-a").await,
+        server.namespace("team-b").await,
+    ];
+    // Other tests' policies live on this server too; the selector keeps this instance to ours.
+    let label = format!("suite={}", env.ns);
+    for ns in &teams {
+        let yaml = policy_yaml(
+            "api",
+            &redis_dep("cache", &format!("{{url: \"{}\"}}", redis.url())),
+        )
+        .replace(
+            "metadata: {name: api}",
+            &format!("metadata: {{name: api, labels: {{suite: {}}}}}", env.ns),
+        );
+        let out = server.kubectl_stdin(&["apply", "-n", ns, "-f", "-"], &yaml);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let hg = Healthgate::start_kube(
+        &env.sa.kubeconfig,
+        &[("POD_NAME", "hg-0")],
+        &[
+            "--all-namespaces",
+            "--pod-namespace",
+            &env.ns,
+            "--selector",
+            &label,
+        ],
+    );
+    hg.wait_until("both namespaces served", SETTLE, |hg| {
+        hg.try_get("/ready").is_ok_and(|r| {
+            let body = r.json();
+            r.status == 200
+                && teams
+                    .iter()
+                    .all(|ns| body["checks"][format!("{ns}/api/cache")]["status"] == "ok")
+        })
+    });
+    for ns in &teams {
+        assert_eq!(hg.get(&format!("/ready/{ns}/api")).status, 200);
+        let out = server.kubectl(&[
+            "wait",
+            "--for=condition=Ready",
+            "hp/api",
+            "-n",
+            ns,
+            "--timeout=30s",
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }

@@ -1,5 +1,5 @@
 //! Kubernetes-mode fixtures: a namespace with the healthgate ServiceAccount bound to the Role
-//! from manifests/rbac.yaml, healthgate started as that ServiceAccount, and kubectl-based reads of
+//! from manifests/base/rbac.yaml, healthgate started as that ServiceAccount, and kubectl-based reads of
 //! policies and Events.
 #![allow(dead_code)]
 
@@ -34,9 +34,9 @@ pub async fn env_on<'a>(server: &'a ApiServer, prefix: &str) -> Env<'a> {
     Env { server, ns, sa }
 }
 
-/// Applies manifests/rbac.yaml into `ns`, with the binding's subject moved to that namespace.
+/// Applies manifests/base/rbac.yaml into `ns`, with the binding's subject moved to that namespace.
 pub fn bind_role(server: &ApiServer, ns: &str) {
-    let text = std::fs::read_to_string(format!("{REPO}/manifests/rbac.yaml")).unwrap();
+    let text = std::fs::read_to_string(format!("{REPO}/manifests/base/rbac.yaml")).unwrap();
     let mut docs: Vec<Value> = serde_saphyr::from_multiple(&text).unwrap();
     for doc in &mut docs {
         doc["metadata"]["namespace"] = json!(ns);
