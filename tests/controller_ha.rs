@@ -83,6 +83,29 @@ async fn a_standby_takes_over_status_when_the_leader_dies() {
         "{events:#?}"
     );
     drop(leader);
+
+    // A graceful stop releases the Lease: the hand-over does not wait for it to expire.
+    let mut current = standby;
+    let next = env.start("hg-c");
+    next.wait_until("hg-c follows", SETTLE, |c| {
+        c.try_get("/metrics")
+            .is_ok_and(|r| r.body.contains("healthgate_leader 0"))
+    });
+    current.signal(Signal::SIGTERM);
+    let stopped = Instant::now();
+    next.wait_until("hg-c leads", FAILOVER_BOUND, is_leader);
+    let handover = stopped.elapsed();
+    eprintln!("graceful hand-over took {handover:?}");
+    assert!(
+        handover < Duration::from_secs(5),
+        "hand-over took {handover:?}; the Lease was not released"
+    );
+    assert!(current.wait_exit(SETTLE).success());
+    assert!(
+        current.logs().iter().any(|l| l.contains("lease released")),
+        "{:#?}",
+        current.logs()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -647,3 +647,18 @@ async fn all_namespaces_mode_serves_every_namespace_under_the_cluster_role() {
         );
     }
 }
+
+/// Without `--policy` and without any cluster configuration, serve fails fast and says why.
+#[test]
+fn kubernetes_mode_without_a_cluster_exits_2() {
+    let out = std::process::Command::new(support::healthgate::BIN)
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .env("KUBECONFIG", "/nonexistent/kubeconfig")
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .env_remove("HEALTHGATE_POLICY")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("Kubernetes"), "{stderr}");
+}

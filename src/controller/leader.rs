@@ -5,12 +5,16 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use kube::Client;
+use futures::StreamExt;
+use futures::stream::BoxStream;
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client};
 use kube_lease_manager::{LeaseManager, LeaseManagerBuilder};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::{FIELD_MANAGER, Settings};
 use crate::metrics::Metrics;
@@ -38,33 +42,66 @@ pub fn spawn(
         settings.identity.clone(),
     );
     let task = tokio::spawn(async move {
-        let Some(manager) = build(client, &name, &namespace, &identity, &cancel).await else {
-            return;
-        };
-        let (mut leading, lease_task) = manager.watch().await;
+        let mut released = released(client.clone(), &namespace, &name);
         loop {
-            let is_leader = *leading.borrow_and_update();
-            if *tx.borrow() != is_leader {
-                info!(lease = %name, identity = %identity, leader = is_leader, "leadership changed");
-                metrics.leader.set(i64::from(is_leader));
-                let _ = tx.send(is_leader);
+            let Some(manager) = build(client.clone(), &name, &namespace, &identity, &cancel).await
+            else {
+                break;
+            };
+            let (mut leading, lease_task) = manager.watch().await;
+            let look_again = loop {
+                let is_leader = *leading.borrow_and_update();
+                if *tx.borrow() != is_leader {
+                    info!(lease = %name, identity = %identity, leader = is_leader, "leadership changed");
+                    metrics.leader.set(i64::from(is_leader));
+                    let _ = tx.send(is_leader);
+                }
+                tokio::select! {
+                    _ = cancel.cancelled() => break false,
+                    changed = leading.changed() => if changed.is_err() { break false },
+                    // A standby otherwise sleeps until the lease it last saw expires.
+                    Some(()) = released.next(), if !is_leader => break true,
+                }
+            };
+            // Dropping the receiver makes the manager release the lease (if held) and return.
+            drop(leading);
+            match lease_task.await {
+                Ok(Ok(_)) if !look_again => info!(lease = %name, "lease released"),
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => warn!(lease = %name, error = %e, "could not release the lease"),
+                Err(e) => warn!(lease = %name, error = %e, "lease task failed"),
             }
-            tokio::select! {
-                _ = cancel.cancelled() => break,
-                changed = leading.changed() => if changed.is_err() { break },
+            if !look_again {
+                break;
             }
+            debug!(lease = %name, "lease released by its holder; trying to take it now");
         }
         let _ = tx.send(false);
         metrics.leader.set(0);
-        // Dropping the receiver makes the manager release the lease and return.
-        drop(leading);
-        match lease_task.await {
-            Ok(Ok(_)) => info!(lease = %name, "lease released"),
-            Ok(Err(e)) => warn!(lease = %name, error = %e, "could not release the lease"),
-            Err(e) => warn!(lease = %name, error = %e, "lease task failed"),
-        }
     });
     (rx, task)
+}
+
+/// Fires whenever the Lease has no holder: a leader that stops gracefully releases it, and a
+/// standby that sees that takes over at once instead of after the lease would have expired.
+fn released(client: Client, namespace: &str, name: &str) -> BoxStream<'static, ()> {
+    let api: Api<Lease> = Api::namespaced(client, namespace);
+    watcher(
+        api,
+        watcher::Config::default().fields(&format!("metadata.name={name}")),
+    )
+    .default_backoff()
+    .applied_objects()
+    .filter_map(|lease| {
+        let free = lease.ok().is_some_and(|lease| {
+            lease
+                .spec
+                .and_then(|s| s.holder_identity)
+                .is_none_or(|holder| holder.is_empty())
+        });
+        futures::future::ready(free.then_some(()))
+    })
+    .boxed()
 }
 
 async fn build(
