@@ -61,8 +61,6 @@ pub enum Error {
     SecretsNotSynced(Duration),
     #[error("HealthPolicy {0} has no namespace")]
     NoNamespace(String),
-    #[error("leader election: {0}")]
-    Lease(#[from] kube_lease_manager::LeaseManagerError),
     #[error("no Kubernetes configuration (in-cluster or KUBECONFIG): {0}")]
     Config(String),
 }
@@ -74,7 +72,6 @@ impl Error {
             Error::Kube(_) => "kube_api",
             Error::SecretsNotSynced(_) => "secrets_not_synced",
             Error::NoNamespace(_) => "no_namespace",
-            Error::Lease(_) => "lease",
             Error::Config(_) => "config",
         }
     }
@@ -252,7 +249,8 @@ pub async fn run(
         .for_each(|result| {
             match result {
                 Ok(_) => {}
-                // The object left the cache (deleted, or no longer matches the selector).
+                // A requeued reconcile for an object that has left the cache since. (A delete
+                // itself triggers no reconcile; `sweep` handles it.)
                 Err(controller::Error::ObjectNotFound(gone)) => {
                     forget(
                         &ctx,
