@@ -227,8 +227,13 @@ impl Metrics {
         }
     }
 
-    pub fn record_request(&self, method: &str, route: &str, status: u16, seconds: f64) {
-        let status = status.to_string();
+    pub fn record_request(
+        &self,
+        method: &str,
+        route: &str,
+        status: warp::http::StatusCode,
+        seconds: f64,
+    ) {
         let labels = [method, route, status.as_str()];
         self.http_requests.with_label_values(&labels).inc();
         self.http_duration

@@ -41,6 +41,14 @@ pub const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Keeps the trace pipeline alive; [`Telemetry::shutdown`] flushes it. Dropping it without
 /// shutting down loses the spans still queued.
+/// Whether spans are exported. Without an exporter nobody reads a request span, so the server
+/// does not build one: at probe rates a span costs more than the whole /ready answer.
+static EXPORTING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+pub fn exporting() -> bool {
+    EXPORTING.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 pub struct Telemetry {
     provider: SdkTracerProvider,
     exporter: Option<export::Worker>,
@@ -85,18 +93,19 @@ pub fn init() -> Telemetry {
     // The access log covers every request; warp's own per-request lines would repeat it.
     filter = filter.add_directive("warp::filters::trace=off".parse().expect("valid directive"));
     // Spans of our own code are traced whatever RUST_LOG says about log lines.
-    let traced = Targets::new().with_target("healthgate", Level::INFO);
+    let otel = exporter.is_some().then(|| {
+        tracing_opentelemetry::layer()
+            .with_tracer(tracer)
+            .with_location(false)
+            .with_threads(false)
+            .with_tracked_inactivity(false)
+            .with_target(false)
+            .with_level(false)
+            .with_filter(Targets::new().with_target("healthgate", Level::INFO))
+    });
+    EXPORTING.store(exporter.is_some(), std::sync::atomic::Ordering::Relaxed);
     let _ = tracing_subscriber::registry()
-        .with(
-            tracing_opentelemetry::layer()
-                .with_tracer(tracer)
-                .with_location(false)
-                .with_threads(false)
-                .with_tracked_inactivity(false)
-                .with_target(false)
-                .with_level(false)
-                .with_filter(traced),
-        )
+        .with(otel)
         .with(json::JsonLayer::stderr().with_filter(filter))
         .try_init();
 

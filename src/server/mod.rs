@@ -69,6 +69,9 @@ type Routed = (&'static str, Response);
 
 /// All routes, instrumented. Never rejects: unknown paths get a JSON 404.
 pub fn routes(state: AppState) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone {
+    // hyper clones the whole filter tree for every request, so each route holds the state
+    // behind one Arc: a clone is a reference count, not five deep copies.
+    let state = Arc::new(state);
     let s = state.clone();
     let health = warp::path!("health")
         .and(warp::method())
@@ -121,7 +124,12 @@ pub fn routes(state: AppState) -> impl Filter<Extract = (Response,), Error = Inf
                 let elapsed = started.elapsed();
                 let status = response.status().as_u16();
                 record_response(&Span::current(), &method, route, status);
-                metrics.record_request(method.as_str(), route, status, elapsed.as_secs_f64());
+                metrics.record_request(
+                    method.as_str(),
+                    route,
+                    response.status(),
+                    elapsed.as_secs_f64(),
+                );
                 info!(
                     target: "healthgate::access",
                     method = %method,
@@ -135,7 +143,13 @@ pub fn routes(state: AppState) -> impl Filter<Extract = (Response,), Error = Inf
             },
         );
     routed
-        .with(warp::trace(request_span))
+        .with(warp::trace(|info| {
+            if crate::telemetry::exporting() {
+                request_span(info)
+            } else {
+                Span::none()
+            }
+        }))
         .map(warp::Reply::into_response)
 }
 
