@@ -1,5 +1,5 @@
 # Shell helpers shared by run.sh and bench.sh: throwaway PostgreSQL and Redis on free ports.
-# Source it, then call start_services; stop_services runs on EXIT.
+# Source it, then call start_services; stop_services runs on EXIT. PG_EXTRA_OPTS adds server options.
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
@@ -17,7 +17,7 @@ start_services() {
   pg_port=$(free_port); redis_port=$(free_port)
   "${as_pg[@]}" "$pg_bin/initdb" -D "$svc_dir/pg" -U app --auth=trust >/dev/null
   "${as_pg[@]}" "$pg_bin/pg_ctl" -D "$svc_dir/pg" -l "$svc_dir/pg.log" -w \
-    -o "-p $pg_port -k $svc_dir -c listen_addresses=127.0.0.1" start >/dev/null
+    -o "-p $pg_port -k $svc_dir -c listen_addresses=127.0.0.1 ${PG_EXTRA_OPTS:-}" start >/dev/null
   "${as_pg[@]}" "$pg_bin/createdb" -h 127.0.0.1 -p "$pg_port" -U app demo
   redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no --dir "$svc_dir" >"$svc_dir/redis.log" 2>&1 &
   svc_pids+=($!)

@@ -42,6 +42,8 @@ pub struct Checker {
     pub spec: DependencySpec,
     pub probe: Probe,
     pub slot: Slot,
+    /// Bumped after every publish, so the cached /ready answer is redone.
+    pub published: Arc<std::sync::atomic::AtomicU64>,
     pub metrics: Arc<Metrics>,
 }
 
@@ -149,6 +151,8 @@ impl Checker {
             since,
         });
         drop(slot);
+        self.published
+            .fetch_add(1, std::sync::atomic::Ordering::Release);
         if state != previous {
             let (policy, dependency) = (&self.key, &self.spec.name);
             let (from, to, reason) = (

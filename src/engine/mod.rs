@@ -3,6 +3,7 @@
 //! against the running one and only starts, stops or restarts the checkers that changed.
 
 mod checker;
+mod ready_cache;
 mod report;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -17,6 +18,8 @@ use tracing::info;
 
 pub use checker::CheckRecord;
 use checker::{Checker, Slot};
+use ready_cache::ReadyCache;
+pub use ready_cache::Rendered;
 pub use report::{CheckView, Report};
 
 use crate::checks::{Connections, Probe};
@@ -80,6 +83,7 @@ pub struct Engine {
 
 struct Inner {
     policies: RwLock<BTreeMap<PolicyKey, RunningPolicy>>,
+    ready: ReadyCache,
     connections: Connections,
     metrics: Arc<Metrics>,
     cancel: CancellationToken,
@@ -91,6 +95,7 @@ impl Engine {
         Self {
             inner: Arc::new(Inner {
                 policies: RwLock::default(),
+                ready: ReadyCache::default(),
                 connections: Connections::default(),
                 metrics,
                 cancel: CancellationToken::new(),
@@ -154,6 +159,7 @@ impl Engine {
         self.inner
             .connections
             .retain(policies.values().map(|p| &p.policy));
+        self.inner.ready.invalidate();
         drop(policies);
         info!(policy = %key, started = ?changes.started, restarted = ?changes.restarted, stopped = ?changes.stopped, "policy applied");
         changes
@@ -165,7 +171,10 @@ impl Engine {
         let mut policies = self.inner.policies.write().expect("engine lock");
         match policies.get_mut(key) {
             Some(running) => {
-                running.shared_outage = dependencies;
+                if running.shared_outage != dependencies {
+                    running.shared_outage = dependencies;
+                    self.inner.ready.invalidate();
+                }
                 true
             }
             None => false,
@@ -178,6 +187,7 @@ impl Engine {
         let Some(running) = policies.remove(key) else {
             return false;
         };
+        self.inner.ready.invalidate();
         for check in running.checks.values() {
             check.cancel.cancel();
         }
@@ -222,7 +232,39 @@ impl Engine {
     /// dependency name; with several, by `namespace/policy/dependency` so names cannot collide.
     pub fn report_all(&self) -> Report {
         let policies = self.inner.policies.read().expect("engine lock");
+        self.report_all_at(&policies, Instant::now())
+    }
+
+    /// [`Engine::report_all`] as a rendered response, served from a cache that is redone only
+    /// when a checker publishes, a policy changes or a result turns stale.
+    pub fn render_all(&self) -> Rendered {
         let now = Instant::now();
+        self.inner.ready.get_or_render(now, || {
+            let policies = self.inner.policies.read().expect("engine lock");
+            let report = self.report_all_at(&policies, now);
+            let body = serde_json::to_vec(&report).expect("a report serialises");
+            let turns_stale = policies
+                .values()
+                .flat_map(|running| {
+                    let max_staleness = running.policy.max_staleness;
+                    running.checks.values().filter_map(move |check| {
+                        let record = check.slot.lock().expect("check slot lock");
+                        record.as_ref().map(|r| r.checked_instant + max_staleness)
+                    })
+                })
+                .filter(|at| *at > now)
+                .min();
+            (
+                Rendered {
+                    status: report.status_code(),
+                    body: body.into(),
+                },
+                turns_stale,
+            )
+        })
+    }
+
+    fn report_all_at(&self, policies: &BTreeMap<PolicyKey, RunningPolicy>, now: Instant) -> Report {
         let reports: Vec<(&PolicyKey, Report)> = policies
             .iter()
             .map(|(key, running)| (key, self.policy_report(running, now)))
@@ -303,6 +345,7 @@ impl Engine {
             spec: spec.clone(),
             probe: Probe::new(&spec.target, spec.schedule.timeout, &self.inner.connections),
             slot: slot.clone(),
+            published: self.inner.ready.generation(),
             metrics: self.inner.metrics.clone(),
         };
         let token = cancel.clone();

@@ -53,6 +53,17 @@ pub fn ready(state: &AppState, method: &Method, policy: Option<(String, String)>
             &json!({ "status": "down", "starting": true, "checks": {} }),
         );
     }
+    if policy.is_none() && !state.is_draining() {
+        let rendered = state.engine.render_all();
+        let mut response = warp::reply::Response::new(rendered.body.into());
+        *response.status_mut() =
+            StatusCode::from_u16(rendered.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            header::HeaderValue::from_static("application/json"),
+        );
+        return response;
+    }
     let report = match policy {
         None => state.engine.report_all(),
         Some((namespace, name)) => match state.engine.report(&PolicyKey::new(namespace, name)) {

@@ -1,0 +1,115 @@
+//! The aggregate /ready answer, serialised once and reused until something it depends on
+//! changes: a checker publishes, a policy is applied or removed, or a result turns stale. Probes
+//! then cost a reference count instead of a report and a JSON encoding.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Instant;
+
+use bytes::Bytes;
+
+#[derive(Clone)]
+pub struct Rendered {
+    pub status: u16,
+    pub body: Bytes,
+}
+
+struct Cached {
+    generation: u64,
+    /// When the first fresh result turns stale, changing the answer without any publish.
+    expires: Option<Instant>,
+    rendered: Rendered,
+}
+
+#[derive(Default)]
+pub struct ReadyCache {
+    generation: Arc<AtomicU64>,
+    cached: RwLock<Option<Cached>>,
+}
+
+impl ReadyCache {
+    /// A handle for writers (checkers) to mark the cache outdated.
+    pub fn generation(&self) -> Arc<AtomicU64> {
+        self.generation.clone()
+    }
+
+    pub fn invalidate(&self) {
+        self.generation.fetch_add(1, Ordering::Release);
+    }
+
+    pub fn get_or_render(
+        &self,
+        now: Instant,
+        render: impl FnOnce() -> (Rendered, Option<Instant>),
+    ) -> Rendered {
+        // Read before rendering: a publish during the render leaves the entry already outdated.
+        let generation = self.generation.load(Ordering::Acquire);
+        if let Some(cached) = self.cached.read().expect("ready cache lock").as_ref()
+            && cached.generation == generation
+            && cached.expires.is_none_or(|at| now < at)
+        {
+            return cached.rendered.clone();
+        }
+        let (rendered, expires) = render();
+        *self.cached.write().expect("ready cache lock") = Some(Cached {
+            generation,
+            expires,
+            rendered: rendered.clone(),
+        });
+        rendered
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn render(n: u16) -> (Rendered, Option<Instant>) {
+        (
+            Rendered {
+                status: n,
+                body: Bytes::new(),
+            },
+            None,
+        )
+    }
+
+    #[test]
+    fn reuses_until_invalidated_or_expired() {
+        let cache = ReadyCache::default();
+        let now = Instant::now();
+        assert_eq!(cache.get_or_render(now, || render(1)).status, 1);
+        assert_eq!(cache.get_or_render(now, || render(2)).status, 1, "reused");
+        cache.invalidate();
+        assert_eq!(
+            cache.get_or_render(now, || render(3)).status,
+            3,
+            "a publish re-renders"
+        );
+
+        let expiring = || {
+            (
+                Rendered {
+                    status: 4,
+                    body: Bytes::new(),
+                },
+                Some(now + Duration::from_secs(1)),
+            )
+        };
+        cache.invalidate();
+        assert_eq!(cache.get_or_render(now, expiring).status, 4);
+        assert_eq!(
+            cache.get_or_render(now, || render(5)).status,
+            4,
+            "still fresh"
+        );
+        assert_eq!(
+            cache
+                .get_or_render(now + Duration::from_secs(2), || render(6))
+                .status,
+            6,
+            "stale re-renders"
+        );
+    }
+}
