@@ -291,6 +291,17 @@ async fn an_invalid_edit_keeps_the_last_good_checkers_and_says_where() {
     env.wait_policy("good", "valid again", |p| {
         condition_status(p, "Invalid").as_deref() == Some("False")
     });
+    // The fix is recorded next to the complaint, once.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let fixed = loop {
+        let events = env.events_with_reason("good", "SpecValid");
+        if !events.is_empty() || std::time::Instant::now() > deadline {
+            break events;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    assert_eq!(fixed.len(), 1, "{fixed:?}");
+    assert_eq!(fixed[0]["type"], "Normal");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

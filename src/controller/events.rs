@@ -34,6 +34,16 @@ pub fn transitions(
             note: invalid.message.clone(),
         });
     }
+    // The fix deserves a record next to the complaint it answers.
+    if old_invalid.is_some_and(|old| old.status == "True")
+        && status::find(next, INVALID).is_some_and(|now| now.status != "True")
+    {
+        out.push(Planned {
+            warning: false,
+            reason: "SpecValid",
+            note: "the spec is valid again; its checkers follow it".into(),
+        });
+    }
     for dep in &next.dependencies {
         let before = previous
             .and_then(|p| p.dependencies.iter().find(|d| d.name == dep.name))
@@ -193,7 +203,7 @@ mod tests {
             (
                 Some(status(true, Some("spec.x: bad"), &[])),
                 status(true, None, &[]),
-                vec![],
+                vec!["SpecValid"],
             ),
         ];
         for (previous, next, expected) in cases {
