@@ -177,6 +177,11 @@ fn queue_depth_degrades_then_downs() {
         hg.get("/ready").json()["checks"]["jobs"]["detail"],
         "depth=0"
     );
+    // Both queue checks use one Redis URL and so share one multiplexed connection, reused
+    // across runs (the other client in the list is this query's own).
+    std::thread::sleep(Duration::from_millis(INTERVAL_MS * 3));
+    let clients: String = redis.cmd(&["CLIENT", "LIST"]);
+    assert_eq!(clients.lines().count(), 2, "{clients}");
 
     let push = |n: usize| {
         for _ in 0..n {
