@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use healthgate::api::HealthPolicySpec;
 use healthgate::engine::{Engine, PolicyKey};
-use healthgate::health::Overall;
+use healthgate::health::{Overall, State};
 use healthgate::metrics::Metrics;
 use healthgate::policy::{Policy, UrlResolver, validate};
 use support::services::Redis;
@@ -62,8 +62,8 @@ async fn a_result_older_than_max_staleness_is_unknown() {
 
     let later = Instant::now() + Duration::from_secs(3);
     let stale = engine.report_at(&key, later).unwrap();
-    assert_eq!(stale.checks["cache"].status, "unknown");
-    assert_eq!(stale.checks["extra"].status, "unknown");
+    assert_eq!(stale.checks["cache"].state, State::Unknown);
+    assert_eq!(stale.checks["extra"].state, State::Unknown);
     assert_eq!(
         stale.overall,
         Overall::Down,
@@ -111,9 +111,9 @@ async fn apply_restarts_only_what_changed_and_removes_series() {
     assert_eq!(changes.stopped, ["a"]);
     // b keeps its last result across the restart (same target), so readiness never blips.
     let report = engine.report(&key).unwrap();
-    assert_eq!(report.checks["b"].status, "ok");
+    assert_eq!(report.checks["b"].state, State::Ok);
     wait_for(&engine, &key, "c ok", |r| {
-        r.checks.get("c").is_some_and(|c| c.status == "ok")
+        r.checks.get("c").is_some_and(|c| c.state == State::Ok)
     })
     .await;
 

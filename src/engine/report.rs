@@ -10,17 +10,17 @@ use crate::policy::StatusCodes;
 
 #[derive(Clone, Debug, Serialize)]
 pub struct Report {
-    pub status: &'static str,
-    pub checks: BTreeMap<String, CheckView>,
-    #[serde(skip)]
+    #[serde(rename = "status")]
     pub overall: Overall,
+    pub checks: BTreeMap<String, CheckView>,
     #[serde(skip)]
     pub codes: StatusCodes,
 }
 
 #[derive(Clone, Debug, Serialize)]
 pub struct CheckView {
-    pub status: &'static str,
+    #[serde(rename = "status")]
+    pub state: State,
     pub critical: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub latency_ms: Option<f64>,
@@ -35,14 +35,12 @@ pub struct CheckView {
     /// Down, but down on every replica: counted as non-critical (readiness-cascade protection).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub cascade_protected: bool,
-    #[serde(skip)]
-    pub state: State,
 }
 
 impl CheckView {
     pub fn new(state: State, critical: bool, record: Option<&CheckRecord>) -> Self {
         Self {
-            status: state.as_str(),
+            state,
             critical,
             // Rounded to microseconds: more digits are noise, fewer hide a loopback ping.
             latency_ms: record.map(|r| (r.latency.as_secs_f64() * 1e6).round() / 1e3),
@@ -54,7 +52,6 @@ impl CheckView {
             detail: record.and_then(|r| r.detail.clone()),
             error: record.and_then(|r| r.error.clone()),
             cascade_protected: false,
-            state,
         }
     }
 }
@@ -62,7 +59,6 @@ impl CheckView {
 impl Report {
     pub fn new(overall: Overall, codes: StatusCodes, checks: BTreeMap<String, CheckView>) -> Self {
         Self {
-            status: overall.as_str(),
             checks,
             overall,
             codes,

@@ -1,7 +1,8 @@
 use super::State;
 
 /// The state of a whole policy (or of everything an instance serves).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Overall {
     Ok,
     Degraded,

@@ -23,7 +23,8 @@ impl Outcome {
 }
 
 /// The reported state of a dependency.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum State {
     /// Never checked, or the last result is older than the policy's maxStaleness.
     Unknown,
