@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 use support::apiserver::ApiServer;
 use support::healthgate::Healthgate;
-use support::kube_env::{SETTLE, condition_status, env, env_on, policy_yaml, redis_dep};
+use support::kube_env::{
+    SETTLE, condition_status, env, env_on, inline_url, policy_yaml, redis_dep,
+};
 use support::services::Redis;
 
 /// The Lease lasts 10 s and is renewed 3 s before expiry; the issue asks for ~15 s.
@@ -25,13 +27,7 @@ async fn a_standby_takes_over_status_when_the_leader_dies() {
     let mut redis = Redis::start();
     let a = env.start("hg-a");
     let b = env.start("hg-b");
-    env.apply(&policy_yaml(
-        "p",
-        &redis_dep("cache", &format!("{{url: \"{}\"}}", redis.url())),
-    ));
-    env.wait_policy("p", "Ready", |p| {
-        condition_status(p, "Ready").as_deref() == Some("True")
-    });
+    env.apply_ready("p", &redis_dep("cache", &inline_url(&redis.url())));
     // Both replicas serve their own /ready; exactly one leads.
     let path = format!("/ready/{}/p", env.ns);
     for hg in [&a, &b] {
@@ -114,13 +110,7 @@ async fn checkers_outlive_the_api_server_and_status_catches_up() {
     let env = env_on(&server, "outage").await;
     let mut redis = Redis::start();
     let hg = env.start("hg-0");
-    env.apply(&policy_yaml(
-        "p",
-        &redis_dep("cache", &format!("{{url: \"{}\"}}", redis.url())),
-    ));
-    env.wait_policy("p", "Ready", |p| {
-        condition_status(p, "Ready").as_deref() == Some("True")
-    });
+    env.apply_ready("p", &redis_dep("cache", &inline_url(&redis.url())));
     let path = format!("/ready/{}/p", env.ns);
 
     server.stop_apiserver();
@@ -144,8 +134,8 @@ async fn checkers_outlive_the_api_server_and_status_catches_up() {
     redis.restart();
     env.apply(&policy_yaml(
         "p",
-        &(redis_dep("cache", &format!("{{url: \"{}\"}}", redis.url()))
-            + &redis_dep("cache2", &format!("{{url: \"{}\"}}", redis.url()))),
+        &(redis_dep("cache", &inline_url(&redis.url()))
+            + &redis_dep("cache2", &inline_url(&redis.url()))),
     ));
     hg.wait_until("edit after the outage applied", SETTLE, |hg| {
         hg.try_get(&path)

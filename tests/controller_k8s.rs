@@ -6,7 +6,9 @@ mod support;
 
 use serde_json::{Value, json};
 use support::healthgate::Healthgate;
-use support::kube_env::{SETTLE, checker_starts, condition_status, env, policy_yaml, redis_dep};
+use support::kube_env::{
+    SETTLE, checker_starts, condition_status, env, inline_url, policy_yaml, redis_dep,
+};
 use support::services::{Postgres, Redis};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -21,7 +23,7 @@ async fn policies_are_reconciled_into_checkers_with_status() {
     assert_eq!(unknown.status, 404);
     assert!(unknown.json()["error"].is_string());
 
-    let redis_url = format!("{{url: \"{}\"}}", redis.url());
+    let redis_url = inline_url(&redis.url());
     env.apply(&policy_yaml("shop", &redis_dep("cache", &redis_url)));
     let path = format!("/ready/{}/shop", env.ns);
     hg.wait_until("policy served and ok", SETTLE, |hg| {
@@ -235,7 +237,7 @@ async fn an_invalid_edit_keeps_the_last_good_checkers_and_says_where() {
     let env = env("invalid").await;
     let redis = Redis::start();
     let hg = env.start("hg-0");
-    let redis_url = format!("{{url: \"{}\"}}", redis.url());
+    let redis_url = inline_url(&redis.url());
     env.apply(&policy_yaml("good", &redis_dep("cache", &redis_url)));
     env.apply(&policy_yaml("other", &redis_dep("cache", &redis_url)));
     for name in ["good", "other"] {
@@ -376,13 +378,7 @@ async fn the_role_is_sufficient_and_no_wider() {
     // And the controller itself runs with it: it reconciles, writes status and elects itself.
     let redis = Redis::start();
     let hg = env.start("hg-0");
-    env.apply(&policy_yaml(
-        "p",
-        &redis_dep("cache", &format!("{{url: \"{}\"}}", redis.url())),
-    ));
-    env.wait_policy("p", "Ready", |p| {
-        condition_status(p, "Ready").as_deref() == Some("True")
-    });
+    env.apply_ready("p", &redis_dep("cache", &inline_url(&redis.url())));
     assert_eq!(hg.metric("healthgate_leader"), Some(1.0));
     let forbidden = hg
         .logs()
@@ -606,11 +602,7 @@ async fn all_namespaces_mode_serves_every_namespace_under_the_cluster_role() {
     // Other tests' policies live on this server too; the selector keeps this instance to ours.
     let label = format!("suite={}", env.ns);
     for ns in &teams {
-        let yaml = policy_yaml(
-            "api",
-            &redis_dep("cache", &format!("{{url: \"{}\"}}", redis.url())),
-        )
-        .replace(
+        let yaml = policy_yaml("api", &redis_dep("cache", &inline_url(&redis.url()))).replace(
             "metadata: {name: api}",
             &format!("metadata: {{name: api, labels: {{suite: {}}}}}", env.ns),
         );

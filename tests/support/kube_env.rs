@@ -97,6 +97,14 @@ impl Env<'_> {
             .cloned()
     }
 
+    /// Applies a policy and waits until its Ready condition is True.
+    pub fn apply_ready(&self, name: &str, dependencies: &str) -> Value {
+        self.apply(&policy_yaml(name, dependencies));
+        self.wait_policy(name, "Ready", |p| {
+            condition_status(p, "Ready").as_deref() == Some("True")
+        })
+    }
+
     /// Polls the policy until `done` holds for it; panics with the object after `timeout`.
     pub fn wait_policy(
         &self,
@@ -131,6 +139,11 @@ impl Env<'_> {
             .filter(|e| e["reason"] == reason && e["regarding"]["name"] == policy)
             .collect()
     }
+}
+
+/// The `{url: "…"}` block of a dependency whose URL is written inline.
+pub fn inline_url(url: &str) -> String {
+    format!("{{url: \"{url}\"}}")
 }
 
 pub fn redis_dep(name: &str, url_from: &str) -> String {
