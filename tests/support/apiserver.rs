@@ -23,7 +23,7 @@
 
 use std::{
     fs,
-    io::{self, Write},
+    io,
     net::{SocketAddr, TcpListener, TcpStream},
     os::unix::process::CommandExt,
     path::{Path, PathBuf},
@@ -274,21 +274,8 @@ impl ApiServer {
             .args(args)
             .env_remove("KUBECONFIG")
             // A developer's ~/.kube/kuberc (aliases, default flags) must not change what runs.
-            .env("KUBECTL_KUBERC", "false")
-            .stdin(if stdin.is_some() {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = cmd.spawn().expect("running kubectl");
-        if let Some(input) = stdin {
-            let mut pipe = child.stdin.take().expect("kubectl stdin is piped");
-            pipe.write_all(input.as_bytes())
-                .expect("writing kubectl stdin");
-        }
-        child.wait_with_output().expect("waiting for kubectl")
+            .env("KUBECTL_KUBERC", "false");
+        super::run_with_stdin(&mut cmd, stdin)
     }
 
     /// Creates a fresh namespace `{prefix}-{n}` and returns its name. Namespaces are not deleted:

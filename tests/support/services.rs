@@ -316,26 +316,11 @@ fn copy_template(data: &Path) {
 /// `app` needs a database of its own name; created in single-user mode so no server is needed.
 fn ensure_app_database(data: &Path) {
     let mut cmd = Command::new(pg_bin().join("postgres"));
-    cmd.args(["--single", "-D"])
-        .arg(data)
-        .arg("postgres")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null());
+    cmd.args(["--single", "-D"]).arg(data).arg("postgres");
     if let Some(user) = server_user() {
         cmd.uid(user.uid.as_raw()).gid(user.gid.as_raw());
     }
-    let mut child = cmd
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("postgres --single");
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"CREATE DATABASE app OWNER app;\n")
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = super::run_with_stdin(&mut cmd, Some("CREATE DATABASE app OWNER app;\n"));
     assert!(
         out.status.success(),
         "creating database app: {}",

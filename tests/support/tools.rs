@@ -65,24 +65,11 @@ pub struct Output {
 pub fn promtool(args: &[&str], stdin: Option<&str>, dir: Option<&Path>) -> Output {
     ensure_tools();
     let mut cmd = Command::new("promtool");
-    cmd.args(args)
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    cmd.args(args);
     if let Some(dir) = dir {
         cmd.current_dir(dir);
     }
-    let mut child = cmd.spawn().expect("running promtool");
-    if let Some(input) = stdin {
-        use std::io::Write;
-        let mut pipe = child.stdin.take().unwrap();
-        pipe.write_all(input.as_bytes()).unwrap();
-    }
-    let out = child.wait_with_output().unwrap();
+    let out = super::run_with_stdin(&mut cmd, stdin);
     Output {
         code: out.status.code().unwrap_or(-1),
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
