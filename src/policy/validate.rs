@@ -20,6 +20,10 @@ use crate::secret::{SecretUrl, redact_url};
 /// Checking more often than this is a load test, not a health check.
 const MIN_INTERVAL: Duration = Duration::from_millis(100);
 const MAX_THRESHOLD: i32 = 100;
+/// URL schemes each client library accepts.
+const POSTGRES: &[&str] = &["postgres", "postgresql"];
+const REDIS: &[&str] = &["redis", "rediss"];
+const HTTP: &[&str] = &["http", "https"];
 
 /// A problem in a policy, located by the path of the field to fix.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -359,7 +363,7 @@ fn target(
             let url = url(
                 check.url.as_deref(),
                 check.url_from.as_ref(),
-                &["postgres", "postgresql"],
+                POSTGRES,
                 &block,
                 urls,
                 errors,
@@ -371,7 +375,7 @@ fn target(
             let url = url(
                 check.url.as_deref(),
                 check.url_from.as_ref(),
-                &["redis", "rediss"],
+                REDIS,
                 &block,
                 urls,
                 errors,
@@ -383,7 +387,7 @@ fn target(
             let url = url(
                 check.url.as_deref(),
                 check.url_from.as_ref(),
-                &["redis", "rediss"],
+                REDIS,
                 &block,
                 urls,
                 errors,
@@ -425,14 +429,7 @@ fn target(
         }
         DependencyType::Http => {
             let check = dep.http.as_ref()?;
-            let url = url(
-                Some(&check.url),
-                None,
-                &["http", "https"],
-                &block,
-                urls,
-                errors,
-            );
+            let url = url(Some(&check.url), None, HTTP, &block, urls, errors);
             let expect_status =
                 match parse_status_ranges(check.expect_status.as_deref().unwrap_or("200-299")) {
                     Ok(ranges) => ranges,

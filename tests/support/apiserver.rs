@@ -22,8 +22,7 @@
 #![allow(dead_code)]
 
 use std::{
-    fs,
-    io,
+    fs, io,
     net::{SocketAddr, TcpListener, TcpStream},
     os::unix::process::CommandExt,
     path::{Path, PathBuf},
