@@ -10,6 +10,9 @@ use kube::{CustomResource, CustomResourceExt, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::checks::CheckBlock;
+use crate::health::{Reason, State};
+
 /// Durations are written the way Kubernetes users write them: `250ms`, `5s`, `1m30s`, `1h`.
 pub const DURATION_PATTERN: &str = r"^([0-9]+(ms|s|m|h))+$";
 /// A DNS label (RFC 1123), so a dependency name is safe as a metric label and a status key.
@@ -159,6 +162,15 @@ pub enum DependencyType {
 }
 
 impl DependencyType {
+    pub const ALL: [DependencyType; 6] = [
+        Self::Postgres,
+        Self::Redis,
+        Self::RedisQueue,
+        Self::Http,
+        Self::Tcp,
+        Self::Grpc,
+    ];
+
     /// The YAML spelling, which is also the name of the matching check block.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -175,7 +187,7 @@ impl DependencyType {
 /// One dependency of the service and how to check it.
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("(self.type == 'postgres') == has(self.postgres) && (self.type == 'redis') == has(self.redis) && (self.type == 'redisQueue') == has(self.redisQueue) && (self.type == 'http') == has(self.http) && (self.type == 'tcp') == has(self.tcp) && (self.type == 'grpc') == has(self.grpc)").message("exactly the check block named by `type` must be set"))]
+#[x_kube(validation = Rule::new(one_block_rule()).message("exactly the check block named by `type` must be set"))]
 pub struct Dependency {
     /// Unique name of the dependency (a DNS label); used in /ready, metrics and status.
     #[schemars(length(min = 1, max = 63), regex(pattern = DNS_LABEL_PATTERN))]
@@ -225,6 +237,33 @@ pub struct Dependency {
     /// Settings for `type: grpc`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub grpc: Option<GrpcCheck>,
+}
+
+impl Dependency {
+    /// The check block of `kind` if it is set. The one place that maps kinds to their blocks.
+    pub fn block_of(&self, kind: DependencyType) -> Option<&dyn CheckBlock> {
+        fn dyn_block<B: CheckBlock>(block: &Option<B>) -> Option<&dyn CheckBlock> {
+            block.as_ref().map(|b| b as &dyn CheckBlock)
+        }
+        match kind {
+            DependencyType::Postgres => dyn_block(&self.postgres),
+            DependencyType::Redis => dyn_block(&self.redis),
+            DependencyType::RedisQueue => dyn_block(&self.redis_queue),
+            DependencyType::Http => dyn_block(&self.http),
+            DependencyType::Tcp => dyn_block(&self.tcp),
+            DependencyType::Grpc => dyn_block(&self.grpc),
+        }
+    }
+}
+
+/// The CEL rule that exactly the block named by `type` is set, generated from the kind list so
+/// a new kind cannot be missed.
+fn one_block_rule() -> String {
+    DependencyType::ALL
+        .iter()
+        .map(|kind| format!("(self.type == '{0}') == has(self.{0})", kind.as_str()))
+        .collect::<Vec<_>>()
+        .join(" && ")
 }
 
 /// Where a connection URL comes from when it is not written inline.
@@ -382,10 +421,10 @@ pub struct DependencyStatus {
     /// Dependency name.
     pub name: String,
     /// ok, degraded, down or unknown.
-    pub state: String,
+    pub state: State,
     /// Machine-readable reason of the last result (bounded set, e.g. `timeout`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
+    pub reason: Option<Reason>,
     /// Latency of the last check in milliseconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub latency_ms: Option<f64>,

@@ -13,8 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::cli::{CheckArgs, ServeArgs};
-use crate::controller;
-use crate::engine::{Engine, PolicyKey};
+use crate::engine::{Engine, PolicyKey, Report};
 use crate::health::Overall;
 use crate::metrics::Metrics;
 use crate::policy::Policy;
@@ -22,6 +21,7 @@ use crate::secret::SecretUrl;
 use crate::server::users::Users;
 use crate::server::{self, AppState};
 use crate::standalone;
+use crate::{controller, first_sync};
 
 /// Exit codes shared by `serve` and `check`.
 pub const EXIT_OK: u8 = 0;
@@ -74,35 +74,37 @@ pub async fn serve(args: ServeArgs) -> ExitCode {
         }
     };
 
-    let engine = Engine::new(Arc::new(Metrics::new()));
-    let state = AppState::new(engine.clone(), users.clone());
+    let metrics = Arc::new(Metrics::new());
+    let engine = Engine::new(metrics.checks.clone());
     let background = CancellationToken::new();
     let stop_accepting = CancellationToken::new();
 
     // The policy source: a file, or the Kubernetes controller. Either way `background` stops it.
-    let watcher = match source {
+    let (watcher, synced) = match source {
         Source::File { path, key, policy } => {
             engine.apply(&key, policy);
-            tokio::spawn(standalone::watch(
+            let watcher = tokio::spawn(standalone::watch(
                 path,
                 engine.clone(),
                 key,
                 background.clone(),
-            ))
+            ));
+            (watcher, first_sync::Synced::open())
         }
         Source::Kubernetes { client, settings } => {
-            state
-                .synced
-                .store(false, std::sync::atomic::Ordering::Release);
-            tokio::spawn(controller::run(
+            let (opener, synced) = first_sync::gate();
+            let watcher = tokio::spawn(controller::run(
                 client,
                 engine.clone(),
+                metrics.controller.clone(),
                 settings,
-                state.synced.clone(),
+                opener,
                 background.clone(),
-            ))
+            ));
+            (watcher, synced)
         }
     };
+    let state = AppState::new(engine.clone(), users.clone(), metrics, synced);
     let migration = tokio::spawn({
         let users = users.clone();
         let cancel = background.clone();
@@ -199,25 +201,24 @@ pub async fn check(args: CheckArgs) -> ExitCode {
         .max()
         .unwrap_or_default()
         + Duration::from_millis(100);
-    let engine = Engine::new(Arc::new(Metrics::new()));
+    let engine = Engine::new(Metrics::new().checks);
     engine.apply(&key, policy);
     let started = Instant::now();
     let deadline = started + wait.unwrap_or_default().max(first_round);
-    let report = loop {
-        let report = engine.report(&key).expect("the policy was just applied");
-        let all_checked = report.checks.values().all(|c| c.checked_at.is_some());
-        let settled = all_checked && (wait.is_none() || report.overall == Overall::Ok);
+    let snapshot = loop {
+        let snapshot = engine.snapshot(&key).expect("the policy was just applied");
+        let settled = snapshot.all_checked() && (wait.is_none() || snapshot.overall == Overall::Ok);
         if settled || Instant::now() >= deadline {
-            break report;
+            break snapshot;
         }
         tokio::time::sleep(WAIT_POLL).await;
     };
     engine.shutdown().await;
     println!(
         "{}",
-        serde_json::to_string_pretty(&report).expect("a report serialises")
+        serde_json::to_string_pretty(&Report::render(&snapshot)).expect("a report serialises")
     );
-    ExitCode::from(match report.overall {
+    ExitCode::from(match snapshot.overall {
         Overall::Ok => EXIT_OK,
         Overall::Degraded => EXIT_DEGRADED,
         Overall::Down => EXIT_DOWN_OR_INVALID,

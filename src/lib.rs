@@ -12,6 +12,7 @@ pub mod checks;
 pub mod cli;
 pub mod controller;
 pub mod engine;
+pub mod first_sync;
 pub mod health;
 pub mod metrics;
 pub mod policy;

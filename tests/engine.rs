@@ -2,11 +2,10 @@
 
 mod support;
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use healthgate::api::HealthPolicySpec;
-use healthgate::engine::{Engine, PolicyKey};
+use healthgate::engine::{Engine, PolicyKey, PolicySnapshot};
 use healthgate::health::{Overall, State};
 use healthgate::metrics::Metrics;
 use healthgate::policy::{Policy, UrlResolver, validate};
@@ -29,11 +28,11 @@ async fn wait_for(
     engine: &Engine,
     key: &PolicyKey,
     what: &str,
-    cond: impl Fn(&healthgate::engine::Report) -> bool,
+    cond: impl Fn(&PolicySnapshot) -> bool,
 ) {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let report = engine.report(key).expect("policy running");
+        let report = engine.snapshot(key).expect("policy running");
         if cond(&report) {
             return;
         }
@@ -48,7 +47,7 @@ async fn wait_for(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_result_older_than_max_staleness_is_unknown() {
     let redis = Redis::start();
-    let engine = Engine::new(Arc::new(Metrics::new()));
+    let engine = Engine::new(Metrics::new().checks);
     let key = PolicyKey::new("ns", "stale");
     let yaml = format!(
         "maxStaleness: 2s\ndefaults: {{interval: 500ms, timeout: 500ms}}\ndependencies:\n  \
@@ -61,24 +60,24 @@ async fn a_result_older_than_max_staleness_is_unknown() {
     wait_for(&engine, &key, "ok", |r| r.overall == Overall::Ok).await;
 
     let later = Instant::now() + Duration::from_secs(3);
-    let stale = engine.report_at(&key, later).unwrap();
-    assert_eq!(stale.checks["cache"].state, State::Unknown);
-    assert_eq!(stale.checks["extra"].state, State::Unknown);
+    let stale = engine.snapshot_at(&key, later).unwrap();
+    assert_eq!(stale.dependency("cache").unwrap().state, State::Unknown);
+    assert_eq!(stale.dependency("extra").unwrap().state, State::Unknown);
     assert_eq!(
         stale.overall,
         Overall::Down,
         "a critical unknown downs the policy"
     );
     // The stale view still says when the last result was taken.
-    assert!(stale.checks["cache"].checked_at.is_some());
+    assert!(!stale.dependency("cache").unwrap().never_checked());
     engine.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn apply_restarts_only_what_changed_and_removes_series() {
     let redis = Redis::start();
-    let metrics = Arc::new(Metrics::new());
-    let engine = Engine::new(metrics.clone());
+    let metrics = Metrics::new();
+    let engine = Engine::new(metrics.checks.clone());
     let key = PolicyKey::new("ns", "diff");
     let base = format!(
         "defaults: {{interval: 200ms, timeout: 500ms}}\ndependencies:\n  \
@@ -110,10 +109,10 @@ async fn apply_restarts_only_what_changed_and_removes_series() {
     assert_eq!(changes.started, ["c"]);
     assert_eq!(changes.stopped, ["a"]);
     // b keeps its last result across the restart (same target), so readiness never blips.
-    let report = engine.report(&key).unwrap();
-    assert_eq!(report.checks["b"].state, State::Ok);
+    let snapshot = engine.snapshot(&key).unwrap();
+    assert_eq!(snapshot.dependency("b").unwrap().state, State::Ok);
     wait_for(&engine, &key, "c ok", |r| {
-        r.checks.get("c").is_some_and(|c| c.state == State::Ok)
+        r.dependency("c").is_some_and(|c| c.state == State::Ok)
     })
     .await;
 

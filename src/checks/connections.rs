@@ -11,7 +11,8 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use tonic::transport::{Channel, Endpoint};
 
-use crate::policy::{Policy, Target};
+use super::SharedClient;
+use crate::policy::Policy;
 use crate::secret::SecretUrl;
 
 /// A check needs one connection at a time; the second covers a check overlapping pool upkeep.
@@ -106,17 +107,14 @@ impl Connections {
         let mut urls = HashSet::new();
         let mut addresses = HashSet::new();
         for dep in policies.flat_map(|p| p.dependencies.iter()) {
-            match &dep.target {
-                Target::Postgres { url } | Target::Redis { url } => {
+            match dep.target.shared_client() {
+                Some(SharedClient::Url(url)) => {
                     urls.insert(url.clone());
                 }
-                Target::RedisQueue(q) => {
-                    urls.insert(q.url.clone());
+                Some(SharedClient::Address(address)) => {
+                    addresses.insert(address.to_string());
                 }
-                Target::Grpc { address, .. } => {
-                    addresses.insert(address.clone());
-                }
-                Target::Http(_) | Target::Tcp { .. } => {}
+                None => {}
             }
         }
         // Dropping the last handle of a pool or manager closes its connections.

@@ -1,17 +1,98 @@
-//! One probe per dependency kind. A probe does exactly one round trip and describes what it saw;
-//! timing, timeouts, thresholds and caching belong to the engine.
+//! The dependency kinds. Each kind lives in one file: how its CRD block becomes a [`Target`]
+//! ([`CheckBlock`]) and its probe, which does exactly one round trip and describes what it saw
+//! (timing, timeouts, thresholds and caching belong to the engine). This file lists the kinds;
+//! `api.rs` holds their wire types. CONTRIBUTING.md has the recipe for adding one.
 
 mod connections;
-mod net;
+mod grpc;
+mod http;
 mod postgres;
 mod redis;
+mod tcp;
 
 use std::time::Duration;
 
 pub use connections::Connections;
+pub use http::HttpTarget;
+pub use redis::QueueTarget;
 
+use crate::api::{DependencyType, UrlFrom};
 use crate::health::{Outcome, Reason};
-use crate::policy::{QueueTarget, Target};
+use crate::policy::validate::Errors;
+use crate::secret::SecretUrl;
+
+/// A kind's check block, as written under `dependencies[].<kind>`.
+pub trait CheckBlock {
+    /// Where the block's connection URL comes from, if the kind has one. Declared once here, so
+    /// validation resolves it and Secret rotation follows it without another list to update.
+    fn url(&self) -> Option<UrlField<'_>>;
+
+    /// The checked, defaulted target. `url` is the resolved [`CheckBlock::url`] (`None` when the
+    /// kind has none, or when it did not resolve: that problem is already in `errors`). Problems
+    /// go to `errors` at field paths under `block`, the path of this block.
+    fn target(&self, url: Option<SecretUrl>, block: &str, errors: &mut Errors) -> Option<Target>;
+}
+
+/// A URL field of a check block: written inline or read from `urlFrom`.
+pub struct UrlField<'a> {
+    pub inline: Option<&'a str>,
+    pub from: Option<&'a UrlFrom>,
+    /// The schemes the kind's client library accepts.
+    pub schemes: &'static [&'static str],
+}
+
+/// What one dependency checks, validated: never a duration string, a missing block or an
+/// unresolved URL.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Target {
+    Postgres { url: SecretUrl },
+    Redis { url: SecretUrl },
+    RedisQueue(QueueTarget),
+    Http(HttpTarget),
+    Tcp { address: String },
+    Grpc { address: String, service: String },
+}
+
+/// A client shared between probes, named by what opens it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum SharedClient<'a> {
+    Url(&'a SecretUrl),
+    Address(&'a str),
+}
+
+impl Target {
+    pub fn kind(&self) -> DependencyType {
+        match self {
+            Target::Postgres { .. } => DependencyType::Postgres,
+            Target::Redis { .. } => DependencyType::Redis,
+            Target::RedisQueue(_) => DependencyType::RedisQueue,
+            Target::Http(_) => DependencyType::Http,
+            Target::Tcp { .. } => DependencyType::Tcp,
+            Target::Grpc { .. } => DependencyType::Grpc,
+        }
+    }
+
+    /// Where the check goes, safe to log: credentials redacted.
+    pub fn describe(&self) -> String {
+        match self {
+            Target::Postgres { url } | Target::Redis { url } => url.redacted(),
+            Target::RedisQueue(q) => format!("{} key={}", q.url.redacted(), q.key),
+            Target::Http(h) => h.url.redacted(),
+            Target::Tcp { address } => address.clone(),
+            Target::Grpc { address, service } => format!("{address} service={service:?}"),
+        }
+    }
+
+    /// The pooled client the probe uses, if any; [`Connections::retain`] closes unused ones.
+    pub fn shared_client(&self) -> Option<SharedClient<'_>> {
+        match self {
+            Target::Postgres { url } | Target::Redis { url } => Some(SharedClient::Url(url)),
+            Target::RedisQueue(q) => Some(SharedClient::Url(&q.url)),
+            Target::Grpc { address, .. } => Some(SharedClient::Address(address)),
+            Target::Http(_) | Target::Tcp { .. } => None,
+        }
+    }
+}
 
 /// What one probe run saw. `detail` and `error` are shown in /ready, so they never carry a
 /// credential: every probe scrubs driver messages through its `SecretUrl`.
@@ -62,9 +143,9 @@ pub enum Probe {
     Postgres(postgres::PostgresProbe),
     Redis(redis::RedisProbe),
     RedisQueue(redis::QueueProbe),
-    Http(net::HttpProbe),
-    Tcp(net::TcpProbe),
-    Grpc(net::GrpcProbe),
+    Http(http::HttpProbe),
+    Tcp(tcp::TcpProbe),
+    Grpc(grpc::GrpcProbe),
 }
 
 impl Probe {
@@ -84,11 +165,12 @@ impl Probe {
                     queue.clone(),
                 ))
             }
-            Target::Http(http) => {
-                Probe::Http(net::HttpProbe::new(connections.http_client(), http.clone()))
-            }
-            Target::Tcp { address } => Probe::Tcp(net::TcpProbe::new(address.clone())),
-            Target::Grpc { address, service } => Probe::Grpc(net::GrpcProbe::new(
+            Target::Http(target) => Probe::Http(http::HttpProbe::new(
+                connections.http_client(),
+                target.clone(),
+            )),
+            Target::Tcp { address } => Probe::Tcp(tcp::TcpProbe::new(address.clone())),
+            Target::Grpc { address, service } => Probe::Grpc(grpc::GrpcProbe::new(
                 connections.grpc(address, timeout),
                 service.clone(),
             )),

@@ -1,8 +1,29 @@
+//! `type: postgres`: `SELECT 1` on a pooled connection.
+
 use sqlx::postgres::PgPool;
 
-use super::Observation;
+use super::{CheckBlock, Observation, Target, UrlField};
+use crate::api::PostgresCheck;
 use crate::health::Reason;
+use crate::policy::validate::Errors;
 use crate::secret::SecretUrl;
+
+/// The schemes sqlx accepts.
+const SCHEMES: &[&str] = &["postgres", "postgresql"];
+
+impl CheckBlock for PostgresCheck {
+    fn url(&self) -> Option<UrlField<'_>> {
+        Some(UrlField {
+            inline: self.url.as_deref(),
+            from: self.url_from.as_ref(),
+            schemes: SCHEMES,
+        })
+    }
+
+    fn target(&self, url: Option<SecretUrl>, _block: &str, _errors: &mut Errors) -> Option<Target> {
+        Some(Target::Postgres { url: url? })
+    }
+}
 
 pub struct PostgresProbe {
     pool: Result<PgPool, String>,

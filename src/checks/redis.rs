@@ -1,10 +1,88 @@
+//! `type: redis` (PING) and `type: redisQueue` (the depth of a list or stream): two kinds in one
+//! file because they share the connection manager and the error mapping.
+
 use redis::aio::ConnectionManager;
 
-use super::Observation;
 use super::connections::RedisClient;
-use crate::api::QueueKind;
+use super::{CheckBlock, Observation, Target, UrlField};
+use crate::api::{QueueKind, RedisCheck, RedisQueueCheck};
 use crate::health::{Outcome, Reason};
-use crate::policy::QueueTarget;
+use crate::policy::validate::Errors;
+use crate::secret::SecretUrl;
+
+/// The schemes the redis crate accepts.
+const SCHEMES: &[&str] = &["redis", "rediss"];
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct QueueTarget {
+    pub url: SecretUrl,
+    pub key: String,
+    pub kind: QueueKind,
+    pub group: Option<String>,
+    pub degraded_above: Option<u64>,
+    pub down_above: Option<u64>,
+}
+
+impl CheckBlock for RedisCheck {
+    fn url(&self) -> Option<UrlField<'_>> {
+        Some(UrlField {
+            inline: self.url.as_deref(),
+            from: self.url_from.as_ref(),
+            schemes: SCHEMES,
+        })
+    }
+
+    fn target(&self, url: Option<SecretUrl>, _block: &str, _errors: &mut Errors) -> Option<Target> {
+        Some(Target::Redis { url: url? })
+    }
+}
+
+impl CheckBlock for RedisQueueCheck {
+    fn url(&self) -> Option<UrlField<'_>> {
+        Some(UrlField {
+            inline: self.url.as_deref(),
+            from: self.url_from.as_ref(),
+            schemes: SCHEMES,
+        })
+    }
+
+    fn target(&self, url: Option<SecretUrl>, block: &str, errors: &mut Errors) -> Option<Target> {
+        let mut limit = |name: &str, value: Option<i64>| match value {
+            Some(v) if v < 0 => {
+                errors.push(
+                    format!("{block}.{name}"),
+                    format!("{v} must not be negative"),
+                );
+                None
+            }
+            other => other.map(|v| v as u64),
+        };
+        let degraded_above = limit("degradedAbove", self.degraded_above);
+        let down_above = limit("downAbove", self.down_above);
+        if let (Some(degraded), Some(down)) = (degraded_above, down_above)
+            && down <= degraded
+        {
+            errors.push(
+                format!("{block}.downAbove"),
+                format!("{down} must be greater than degradedAbove ({degraded})"),
+            );
+        }
+        if self.key.is_empty() {
+            errors.push(format!("{block}.key"), "must not be empty");
+        }
+        if self.group.is_some() && self.kind != QueueKind::Stream {
+            errors.push(format!("{block}.group"), "only valid with kind: stream");
+        }
+        Some(Target::RedisQueue(QueueTarget {
+            url: url?,
+            key: self.key.clone(),
+            kind: self.kind,
+            group: self.group.clone(),
+            degraded_above,
+            down_above,
+        }))
+    }
+}
 
 pub struct RedisProbe {
     client: RedisClient,

@@ -31,7 +31,6 @@ use tracing::{info, warn};
 
 use super::{Context, FIELD_MANAGER, Settings};
 use crate::engine::PolicyKey;
-use crate::health::State;
 
 /// Label on view Leases; its value is the leader Lease name, which groups one deployment's replicas.
 pub const VIEW_LABEL: &str = "healthgate.dev/view-of";
@@ -108,18 +107,20 @@ pub async fn run(client: Client, ctx: Arc<Context>, settings: Settings, cancel: 
         watcher(api.clone(), watcher::Config::default().labels(&selector)),
     )
     .default_backoff()
-    .touched_objects()
     .boxed();
     let mut published: Option<(View, Instant)> = None;
     let mut watching_since: Option<Instant> = None;
+    let mut views_listed = false;
     loop {
         tokio::select! {
             _ = cancel.cancelled() => break,
             // The view watch is driven here, but only while something is protected: without a
             // protected policy this replica makes no Lease calls at all.
             event = views.next(), if watching_since.is_some() => {
-                if let Some(Err(e)) = event {
-                    warn!(error = %e, "watching replica views");
+                match event {
+                    Some(Ok(watcher::Event::InitDone)) => views_listed = true,
+                    Some(Err(e)) => warn!(error = %e, "watching replica views"),
+                    _ => {}
                 }
                 continue;
             }
@@ -142,7 +143,7 @@ pub async fn run(client: Client, ctx: Arc<Context>, settings: Settings, cancel: 
         let peers = peer_views(&store, &name);
         // Until every live peer has had a heartbeat to show up in our cache, "no peer seen"
         // would read as "alone, so down everywhere": protect nothing yet.
-        let settled = super::is_synced(&store) && watching.elapsed() >= PEER_DISCOVERY;
+        let settled = views_listed && watching.elapsed() >= PEER_DISCOVERY;
         let shared = if settled {
             shared_outages(&own, &peers)
         } else {
@@ -166,24 +167,14 @@ pub async fn run(client: Client, ctx: Arc<Context>, settings: Settings, cancel: 
 fn own_view(ctx: &Context) -> View {
     let protected: Vec<PolicyKey> = ctx
         .observed
-        .lock()
-        .expect("observed lock")
+        .borrow()
         .iter()
         .filter(|(_, o)| o.applied.as_ref().is_some_and(|p| p.cascade_protection))
         .map(|(k, _)| k.clone())
         .collect();
     protected
         .into_iter()
-        .filter_map(|key| {
-            let report = ctx.engine.report(&key)?;
-            let down = report
-                .checks
-                .iter()
-                .filter(|(_, v)| v.critical && v.state == State::Down)
-                .map(|(name, _)| name.clone())
-                .collect();
-            Some((policy_id(&key), down))
-        })
+        .filter_map(|key| Some((policy_id(&key), ctx.engine.critical_down(&key)?)))
         .collect()
 }
 

@@ -8,6 +8,7 @@ use tracing::warn;
 
 use super::status::{self, INVALID, READY};
 use crate::api::HealthPolicyStatus;
+use crate::health::{Reason, State};
 
 /// An Event to publish, as plain values (what the tests compare).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -23,10 +24,13 @@ pub fn transitions(
     next: &HealthPolicyStatus,
 ) -> Vec<Planned> {
     let mut out = Vec::new();
-    let old_invalid = previous.and_then(|p| status::find(p, INVALID));
+    let was_invalid = previous.and_then(|p| status::is_true(p, INVALID)) == Some(true);
+    let old_message = previous
+        .and_then(|p| status::find(p, INVALID))
+        .map(|c| c.message.as_str());
     if let Some(invalid) = status::find(next, INVALID)
-        && invalid.status == "True"
-        && old_invalid.is_none_or(|old| old.status != "True" || old.message != invalid.message)
+        && status::is_true(next, INVALID) == Some(true)
+        && (!was_invalid || old_message != Some(invalid.message.as_str()))
     {
         out.push(Planned {
             warning: true,
@@ -35,9 +39,7 @@ pub fn transitions(
         });
     }
     // The fix deserves a record next to the complaint it answers.
-    if old_invalid.is_some_and(|old| old.status == "True")
-        && status::find(next, INVALID).is_some_and(|now| now.status != "True")
-    {
+    if was_invalid && status::is_true(next, INVALID) == Some(false) {
         out.push(Planned {
             warning: false,
             reason: "SpecValid",
@@ -47,50 +49,52 @@ pub fn transitions(
     for dep in &next.dependencies {
         let before = previous
             .and_then(|p| p.dependencies.iter().find(|d| d.name == dep.name))
-            .map(|d| d.state.as_str());
-        let why = dep.reason.as_deref().unwrap_or("unknown");
-        let planned = match (before, dep.state.as_str()) {
-            (Some(b), now) if b == now => None,
-            (_, "down") => Some((
-                true,
-                "DependencyDown",
-                format!("{} is down ({why})", dep.name),
-            )),
-            (_, "degraded") => Some((
-                true,
-                "DependencyDegraded",
-                format!("{} is degraded ({why})", dep.name),
-            )),
-            (Some("down" | "degraded"), "ok") => Some((
-                false,
-                "DependencyRecovered",
-                format!("{} is ok again", dep.name),
-            )),
-            // unknown ← anything, or ok on first sight: startup noise, not news.
-            _ => None,
-        };
-        if let Some((warning, reason, note)) = planned {
-            out.push(Planned {
-                warning,
-                reason,
-                note,
-            });
+            .map(|d| d.state);
+        if let Some(planned) = dependency_transition(&dep.name, before, dep.state, dep.reason) {
+            out.push(planned);
         }
     }
-    let was_ready = previous
-        .and_then(|p| status::find(p, READY))
-        .map(|c| c.status == "True");
-    if let Some(ready) = status::find(next, READY) {
-        let is_ready = ready.status == "True";
-        if was_ready.is_some_and(|was| was != is_ready) {
-            out.push(Planned {
-                warning: !is_ready,
-                reason: if is_ready { "Ready" } else { "NotReady" },
-                note: ready.message.clone(),
-            });
-        }
+    let was_ready = previous.and_then(|p| status::is_true(p, READY));
+    if let (Some(ready), Some(is_ready)) = (status::find(next, READY), status::is_true(next, READY))
+        && was_ready.is_some_and(|was| was != is_ready)
+    {
+        out.push(Planned {
+            warning: !is_ready,
+            reason: if is_ready { "Ready" } else { "NotReady" },
+            note: ready.message.clone(),
+        });
     }
     out
+}
+
+/// The Event for one dependency going from `before` (`None`: first seen) to `now`.
+fn dependency_transition(
+    name: &str,
+    before: Option<State>,
+    now: State,
+    reason: Option<Reason>,
+) -> Option<Planned> {
+    use State::{Degraded, Down, Ok, Unknown};
+    let why = reason.map_or("unknown", Reason::as_str);
+    let (warning, reason, note) = match (before, now) {
+        (Some(b), n) if b == n => return None,
+        (_, Down) => (true, "DependencyDown", format!("{name} is down ({why})")),
+        (_, Degraded) => (
+            true,
+            "DependencyDegraded",
+            format!("{name} is degraded ({why})"),
+        ),
+        (Some(Down | Degraded), Ok) => {
+            (false, "DependencyRecovered", format!("{name} is ok again"))
+        }
+        // Ok on first sight or after unknown, and unknown after anything: startup noise, not news.
+        (None | Some(Ok | Unknown), Ok) | (_, Unknown) => return None,
+    };
+    Some(Planned {
+        warning,
+        reason,
+        note,
+    })
 }
 
 pub async fn publish(recorder: &Recorder, reference: &ObjectReference, planned: Vec<Planned>) {
@@ -118,7 +122,7 @@ mod tests {
     use crate::api::DependencyStatus;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
-    fn status(ready: bool, invalid: Option<&str>, deps: &[(&str, &str)]) -> HealthPolicyStatus {
+    fn status(ready: bool, invalid: Option<&str>, deps: &[(&str, State)]) -> HealthPolicyStatus {
         let cond = |t: &str, s: bool, m: &str| Condition {
             type_: t.into(),
             status: if s { "True" } else { "False" }.into(),
@@ -136,8 +140,8 @@ mod tests {
                 .iter()
                 .map(|(n, s)| DependencyStatus {
                     name: n.to_string(),
-                    state: s.to_string(),
-                    reason: Some("connect".into()),
+                    state: *s,
+                    reason: Some(Reason::Connect),
                     ..Default::default()
                 })
                 .collect(),
@@ -151,38 +155,39 @@ mod tests {
 
     #[test]
     fn transition_table() {
+        use State::{Degraded, Down, Ok, Unknown};
         let cases: Vec<(Option<HealthPolicyStatus>, HealthPolicyStatus, Vec<&str>)> = vec![
             // First status: ok dependencies are not news; nothing flipped.
-            (None, status(true, None, &[("db", "ok")]), vec![]),
+            (None, status(true, None, &[("db", Ok)]), vec![]),
             (
                 None,
-                status(false, None, &[("db", "down")]),
+                status(false, None, &[("db", Down)]),
                 vec!["DependencyDown"],
             ),
             (
-                Some(status(true, None, &[("db", "unknown")])),
-                status(true, None, &[("db", "ok")]),
+                Some(status(true, None, &[("db", Unknown)])),
+                status(true, None, &[("db", Ok)]),
                 vec![],
             ),
             (
-                Some(status(true, None, &[("db", "ok")])),
-                status(false, None, &[("db", "down")]),
+                Some(status(true, None, &[("db", Ok)])),
+                status(false, None, &[("db", Down)]),
                 vec!["DependencyDown", "NotReady"],
             ),
             (
-                Some(status(false, None, &[("db", "down")])),
-                status(true, None, &[("db", "ok")]),
+                Some(status(false, None, &[("db", Down)])),
+                status(true, None, &[("db", Ok)]),
                 vec!["DependencyRecovered", "Ready"],
             ),
             (
-                Some(status(true, None, &[("db", "ok")])),
-                status(true, None, &[("db", "degraded")]),
+                Some(status(true, None, &[("db", Ok)])),
+                status(true, None, &[("db", Degraded)]),
                 vec!["DependencyDegraded"],
             ),
             // The same state again is deduplicated.
             (
-                Some(status(false, None, &[("db", "down")])),
-                status(false, None, &[("db", "down")]),
+                Some(status(false, None, &[("db", Down)])),
+                status(false, None, &[("db", Down)]),
                 vec![],
             ),
             (

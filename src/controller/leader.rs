@@ -2,7 +2,6 @@
 //! status and Events; every replica runs its checkers regardless, so losing or gaining the lease
 //! never touches /ready.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -12,12 +11,11 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
 use kube_lease_manager::{LeaseManager, LeaseManagerBuilder};
 use tokio::sync::watch;
-use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
-use super::{FIELD_MANAGER, Settings};
-use crate::metrics::Metrics;
+use super::{ControllerMetrics, FIELD_MANAGER, Settings};
 
 /// A dead leader's lease expires after this; a standby takes over within about this plus
 /// [`LEASE_GRACE`] (the issue asks for ~15 s).
@@ -27,21 +25,22 @@ const LEASE_GRACE_SECONDS: u64 = 3;
 /// Between attempts to set up the lease manager while the API server is unreachable.
 const SETUP_RETRY: Duration = Duration::from_secs(2);
 
-/// Starts the election; the receiver says whether this replica leads right now. On cancel the
-/// lease is released, so a rolling update hands over at once instead of after expiry.
+/// Starts the election on `tasks`; the receiver says whether this replica leads right now. On
+/// cancel the lease is released, so a rolling update hands over at once instead of after expiry.
 pub fn spawn(
+    tasks: &TaskTracker,
     client: Client,
     settings: &Settings,
-    metrics: Arc<Metrics>,
+    metrics: ControllerMetrics,
     cancel: CancellationToken,
-) -> (watch::Receiver<bool>, JoinHandle<()>) {
+) -> watch::Receiver<bool> {
     let (tx, rx) = watch::channel(false);
     let (name, namespace, identity) = (
         settings.lease_name.clone(),
         settings.lease_namespace.clone(),
         settings.identity.clone(),
     );
-    let task = tokio::spawn(async move {
+    tasks.spawn(async move {
         let mut released = released(client.clone(), &namespace, &name);
         loop {
             let Some(manager) = build(client.clone(), &name, &namespace, &identity, &cancel).await
@@ -79,7 +78,7 @@ pub fn spawn(
         let _ = tx.send(false);
         metrics.leader.set(0);
     });
-    (rx, task)
+    rx
 }
 
 /// Fires whenever the Lease has no holder: a leader that stops gracefully releases it, and a

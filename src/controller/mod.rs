@@ -9,30 +9,34 @@
 mod cascade;
 mod events;
 mod leader;
+mod lifecycle;
+mod metrics;
 mod reconcile;
 mod secrets;
 pub mod status;
 mod writer;
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
-use futures::{FutureExt, StreamExt};
+use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ObjectReference, Secret};
 use kube::runtime::controller::{self, Controller};
-use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Api, Client, ResourceExt};
-use tokio::sync::Notify;
+use kube::{Api, Client};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
+
+pub use metrics::ControllerMetrics;
 
 use crate::api::HealthPolicy;
 use crate::cli::KubeArgs;
 use crate::engine::{Engine, PolicyKey};
-use crate::metrics::Metrics;
+use crate::first_sync;
 use crate::policy::{FieldError, Policy};
 
 /// The one field manager for everything this controller writes with server-side apply.
@@ -48,8 +52,6 @@ const RETRY: Duration = Duration::from_secs(2);
 /// Policies are not reconciled before the Secret cache has its first list, or every policy
 /// with a secretKeyRef would flap to Invalid at startup.
 const SECRETS_SYNC_TIMEOUT: Duration = Duration::from_secs(10);
-/// How often a reconcile waiting for the first Secret list looks again.
-const SYNC_POLL: Duration = Duration::from_millis(20);
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -112,13 +114,38 @@ pub struct Observed {
     pub invalid: Option<Vec<FieldError>>,
 }
 
+/// What reconcile has learned, by policy. Reconcile writes it; the status writer, cascade
+/// protection and the first-sync gate subscribe to its changes instead of polling.
+pub type ObservedMap = BTreeMap<PolicyKey, Observed>;
+
 pub struct Context {
     pub engine: Engine,
-    pub metrics: Arc<Metrics>,
+    pub metrics: ControllerMetrics,
     pub secrets: Store<Secret>,
-    pub observed: Mutex<HashMap<PolicyKey, Observed>>,
-    /// Wakes the status writer after a reconcile, so a new generation shows up at once.
-    pub changed: Notify,
+    /// True once the Secret cache has had its first complete list.
+    pub secrets_synced: watch::Receiver<bool>,
+    pub observed: watch::Sender<ObservedMap>,
+}
+
+impl Context {
+    /// Stops the checkers of a policy that is gone and forgets what reconcile knew about it.
+    pub fn forget(&self, key: &PolicyKey) {
+        let known = self
+            .observed
+            .send_if_modified(|observed| observed.remove(key).is_some());
+        if self.engine.remove(key) || known {
+            info!(policy = %key, "policy gone; checkers stopped");
+        }
+    }
+
+    /// Every policy this replica runs or has an opinion about.
+    pub fn known(&self) -> Vec<PolicyKey> {
+        let mut known = self.engine.policies();
+        known.extend(self.observed.borrow().keys().cloned());
+        known.sort();
+        known.dedup();
+        known
+    }
 }
 
 /// The ServiceAccount token mount also says which namespace the pod runs in.
@@ -173,17 +200,21 @@ pub async fn connect(args: KubeArgs) -> Result<(Client, Settings)> {
     ))
 }
 
-/// Runs the controller, the leader election and the status writer until `cancel` fires.
-///
-/// `synced` is set once every policy of the first list has been reconciled; until then /ready
-/// answers 503 rather than "ready with nothing to check".
+/// Runs the controller, the leader election, cascade protection and the status writer until
+/// `cancel` fires. `first_sync` opens once every policy of the first list has been reconciled.
 pub async fn run(
     client: Client,
     engine: Engine,
+    metrics: ControllerMetrics,
     settings: Settings,
-    synced: Arc<AtomicBool>,
+    first_sync: first_sync::Opener,
     cancel: CancellationToken,
 ) {
+    // Every task below stops when `run` returns or is dropped.
+    let cancel = cancel.child_token();
+    let _stop_tasks = cancel.clone().drop_guard();
+    let tasks = TaskTracker::new();
+
     let (policies, secrets_api) = apis(&client, &settings.scope);
     let mut policy_watch = watcher::Config::default();
     if let Some(selector) = &settings.selector {
@@ -194,30 +225,54 @@ pub async fn run(
     }
 
     let (secret_store, secret_writer) = reflector::store();
+    let (secrets_listed, secrets_synced) = watch::channel(false);
     let secret_stream = reflector::reflector(
         secret_writer,
         watcher(secrets_api, watcher::Config::default()),
     )
     .default_backoff()
+    .inspect(move |event| {
+        if let Ok(watcher::Event::InitDone) = event {
+            secrets_listed.send_replace(true);
+        }
+    })
     .touched_objects();
 
     let ctx = Arc::new(Context {
-        metrics: engine.metrics().clone(),
         engine,
+        metrics,
         secrets: secret_store,
-        observed: Mutex::default(),
-        changed: Notify::new(),
+        secrets_synced,
+        observed: watch::Sender::new(ObservedMap::new()),
     });
-    let controller = Controller::new(policies, policy_watch);
-    let policy_store = controller.store();
 
-    let (leader, lease_task) = leader::spawn(
+    let (policy_store, policy_writer) = reflector::store();
+    let (mut lifecycle, first_list) = lifecycle::Lifecycle::new(ctx.clone());
+    let policy_stream = reflector::reflector(policy_writer, watcher(policies, policy_watch))
+        .default_backoff()
+        .inspect(move |event| {
+            if let Ok(event) = event {
+                lifecycle.on_event(event);
+            }
+        })
+        .applied_objects();
+    let controller = Controller::for_stream(policy_stream, policy_store.clone());
+
+    let leader = leader::spawn(
+        &tasks,
         client.clone(),
         &settings,
         ctx.metrics.clone(),
         cancel.clone(),
     );
-    let writer_task = tokio::spawn(writer::run(
+    tasks.spawn(lifecycle::open_after_first_list(
+        ctx.clone(),
+        first_list,
+        policy_store.clone(),
+        first_sync,
+        cancel.clone(),
+    ));
+    tasks.spawn(writer::run(
         client.clone(),
         ctx.clone(),
         policy_store.clone(),
@@ -225,18 +280,13 @@ pub async fn run(
         settings.identity.clone(),
         cancel.clone(),
     ));
-    let cascade_task = tokio::spawn(cascade::run(
+    tasks.spawn(cascade::run(
         client.clone(),
         ctx.clone(),
         settings.clone(),
         cancel.clone(),
     ));
-    let sweeper_task = tokio::spawn(sweep(
-        ctx.clone(),
-        policy_store.clone(),
-        synced,
-        cancel.clone(),
-    ));
+    tasks.close();
 
     info!(scope = ?settings.scope, selector = ?settings.selector, identity = %settings.identity, "watching HealthPolicies");
     let by_secret = policy_store.clone();
@@ -249,17 +299,12 @@ pub async fn run(
         .for_each(|result| {
             match result {
                 Ok(_) => {}
-                // A requeued reconcile for an object that has left the cache since. (A delete
-                // itself triggers no reconcile; `sweep` handles it.)
-                Err(controller::Error::ObjectNotFound(gone)) => {
-                    forget(
-                        &ctx,
-                        &PolicyKey::new(
-                            gone.namespace.clone().unwrap_or_default(),
-                            gone.name.clone(),
-                        ),
-                    );
-                }
+                // A requeued reconcile for a policy that has left the cache since; its delete
+                // event has normally forgotten it already.
+                Err(controller::Error::ObjectNotFound(gone)) => ctx.forget(&PolicyKey::new(
+                    gone.namespace.clone().unwrap_or_default(),
+                    gone.name.clone(),
+                )),
                 // Already counted and logged by `error_policy`.
                 Err(controller::Error::ReconcilerFailed(..)) => {}
                 Err(e) => warn!(error = %e, "controller error"),
@@ -267,7 +312,8 @@ pub async fn run(
             futures::future::ready(())
         })
         .await;
-    let _ = tokio::join!(lease_task, writer_task, cascade_task, sweeper_task);
+    cancel.cancel();
+    tasks.wait().await;
     info!("controller stopped");
 }
 
@@ -279,94 +325,4 @@ fn apis(client: &Client, scope: &Scope) -> (Api<HealthPolicy>, Api<Secret>) {
             Api::namespaced(client.clone(), ns),
         ),
     }
-}
-
-/// Stops the checkers of a policy that is gone and forgets its status bookkeeping.
-fn forget(ctx: &Context, key: &PolicyKey) {
-    ctx.observed.lock().expect("observed lock").remove(key);
-    if ctx.engine.remove(key) {
-        info!(policy = %key, "policy gone; checkers stopped");
-    }
-}
-
-/// How often running policies are compared with the cache. The Controller reconciles only
-/// objects that exist (a delete triggers nothing), so this is how a deleted policy, or one that no
-/// longer matches the selector, loses its checkers; it also covers deletes missed in a watch gap.
-const SWEEP_PERIOD: Duration = Duration::from_secs(1);
-
-async fn sweep(
-    ctx: Arc<Context>,
-    store: Store<HealthPolicy>,
-    synced: Arc<AtomicBool>,
-    cancel: CancellationToken,
-) {
-    loop {
-        let period = if synced.load(Ordering::Acquire) {
-            SWEEP_PERIOD
-        } else {
-            SYNC_POLL
-        };
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = tokio::time::sleep(period) => {}
-        }
-        // Before the first list, an empty cache would mean "everything was deleted".
-        if !is_synced(&store) {
-            continue;
-        }
-        let cached = store.state();
-        if !synced.load(Ordering::Acquire) {
-            let observed = ctx.observed.lock().expect("observed lock");
-            let all_reconciled = cached.iter().all(|policy| {
-                let key = PolicyKey::new(policy.namespace().unwrap_or_default(), policy.name_any());
-                observed.contains_key(&key)
-            });
-            if all_reconciled {
-                info!(
-                    policies = cached.len(),
-                    "initial policies loaded; /ready now reports them"
-                );
-                synced.store(true, Ordering::Release);
-            }
-        }
-        let mut known = ctx.engine.policies();
-        known.extend(ctx.observed.lock().expect("observed lock").keys().cloned());
-        for key in known {
-            let reference = ObjectRef::new(&key.name).within(&key.namespace);
-            if store.get(&reference).is_none() {
-                forget(&ctx, &key);
-            }
-        }
-    }
-}
-
-/// Whether a reflector cache has had its first complete list.
-///
-/// Checked by polling rather than by awaiting `Store::wait_until_ready`: a waiter registered
-/// before the first list was seen never waking in this setup (kube-runtime 5.0).
-fn is_synced<K>(store: &Store<K>) -> bool
-where
-    K: kube::Resource + Clone + 'static,
-    K::DynamicType: Eq + std::hash::Hash + Clone,
-{
-    store
-        .wait_until_ready()
-        .now_or_never()
-        .is_some_and(|r| r.is_ok())
-}
-
-/// Waits up to `timeout` for [`is_synced`].
-async fn synced<K>(store: &Store<K>, timeout: Duration) -> bool
-where
-    K: kube::Resource + Clone + 'static,
-    K::DynamicType: Eq + std::hash::Hash + Clone,
-{
-    let deadline = tokio::time::Instant::now() + timeout;
-    while !is_synced(store) {
-        if tokio::time::Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(SYNC_POLL).await;
-    }
-    true
 }

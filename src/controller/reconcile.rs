@@ -19,7 +19,9 @@ pub async fn reconcile(policy: Arc<HealthPolicy>, ctx: Arc<Context>) -> Result<A
         .namespace()
         .ok_or_else(|| Error::NoNamespace(policy.name_any()))?;
     let key = PolicyKey::new(namespace.clone(), policy.name_any());
-    if !super::synced(&ctx.secrets, SECRETS_SYNC_TIMEOUT).await {
+    let mut secrets_synced = ctx.secrets_synced.clone();
+    let listed = tokio::time::timeout(SECRETS_SYNC_TIMEOUT, secrets_synced.wait_for(|s| *s)).await;
+    if !matches!(listed, Ok(Ok(_))) {
         return Err(Error::SecretsNotSynced(SECRETS_SYNC_TIMEOUT));
     }
     let urls = SecretUrls {
@@ -29,12 +31,7 @@ pub async fn reconcile(policy: Arc<HealthPolicy>, ctx: Arc<Context>) -> Result<A
     let generation = policy.meta().generation;
     let result = validate(&policy.spec, &urls);
 
-    let previous = ctx
-        .observed
-        .lock()
-        .expect("observed lock")
-        .get(&key)
-        .cloned();
+    let previous = ctx.observed.borrow().get(&key).cloned();
     let mut observed = previous.clone().unwrap_or_else(|| Observed {
         generation,
         reference: policy.object_ref(&()),
@@ -61,21 +58,15 @@ pub async fn reconcile(policy: Arc<HealthPolicy>, ctx: Arc<Context>) -> Result<A
             observed.invalid = Some(errors);
         }
     }
-    ctx.observed
-        .lock()
-        .expect("observed lock")
-        .insert(key, observed);
-    ctx.changed.notify_one();
-    ctx.metrics.reconciles.with_label_values(&["success"]).inc();
+    ctx.observed.send_modify(|all| {
+        all.insert(key, observed);
+    });
+    ctx.metrics.reconciled(Ok(()));
     Ok(Action::requeue(RESYNC))
 }
 
 pub fn error_policy(policy: Arc<HealthPolicy>, error: &Error, ctx: Arc<Context>) -> Action {
-    ctx.metrics.reconciles.with_label_values(&["error"]).inc();
-    ctx.metrics
-        .reconcile_errors
-        .with_label_values(&[error.metric_label()])
-        .inc();
+    ctx.metrics.reconciled(Err(error.metric_label()));
     warn!(policy = %policy.name_any(), error = %error, "reconcile failed");
     Action::requeue(RETRY)
 }

@@ -1,4 +1,4 @@
-//! Pure: the status a policy should have, from the engine's report, the reconcile outcome and the
+//! Pure: the status a policy should have, from the engine's snapshot, the reconcile outcome and the
 //! previous status. `lastTransitionTime` moves only when a condition's status (or a dependency's
 //! state) flips, as the Kubernetes API conventions ask; latency is the only field that changes
 //! on every check, so [`differs`] ignores it and the writer refreshes it on a slow timer.
@@ -8,7 +8,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 
 use crate::api::{DependencyStatus, HealthPolicyStatus};
-use crate::engine::Report;
+use crate::engine::PolicySnapshot;
 use crate::health::{Overall, State};
 use crate::policy::FieldError;
 
@@ -22,8 +22,8 @@ const MAX_MESSAGE: usize = 1024;
 /// What is known about a policy right now.
 pub struct Inputs<'a> {
     pub generation: Option<i64>,
-    /// The running policy's readiness; `None` when no valid spec has ever been applied.
-    pub report: Option<&'a Report>,
+    /// The running policy as the engine sees it; `None` when no valid spec has ever been applied.
+    pub snapshot: Option<&'a PolicySnapshot>,
     /// Problems with the current spec.
     pub invalid: Option<&'a [FieldError]>,
     pub now: DateTime<Utc>,
@@ -67,36 +67,36 @@ pub fn desired(inputs: &Inputs, previous: Option<&HealthPolicyStatus>) -> Health
     }
 
     let dependencies: Vec<DependencyStatus> = inputs
-        .report
-        .map(|report| {
-            report
-                .checks
+        .snapshot
+        .map(|snapshot| {
+            snapshot
+                .dependencies
                 .iter()
-                .map(|(name, view)| {
-                    let state = view.state.as_str().to_string();
+                .map(|dep| {
                     let since = previous
-                        .and_then(|p| p.dependencies.iter().find(|d| &d.name == name))
-                        .filter(|old| old.state == state)
+                        .and_then(|p| p.dependencies.iter().find(|d| d.name == dep.name))
+                        .filter(|old| old.state == dep.state)
                         .and_then(|old| old.last_transition_time.clone())
                         .unwrap_or_else(|| now.to_rfc3339_opts(SecondsFormat::Secs, true));
+                    let last = dep.last.as_ref();
                     DependencyStatus {
-                        name: name.clone(),
-                        state,
-                        reason: view.reason.map(str::to_string),
-                        latency_ms: view.latency_ms,
+                        name: dep.name.clone(),
+                        state: dep.state,
+                        reason: last.map(|r| r.reason),
+                        // Rounded to microseconds, as on /ready.
+                        latency_ms: last.map(|r| (r.latency.as_secs_f64() * 1e6).round() / 1e3),
                         last_transition_time: Some(since),
                     }
                 })
                 .collect()
         })
         .unwrap_or_default();
-    let summary = inputs.report.map(|report| {
-        let ok = report
-            .checks
-            .values()
-            .filter(|v| v.state == State::Ok)
-            .count();
-        format!("{ok}/{} ok", report.checks.len())
+    let summary = inputs.snapshot.map(|snapshot| {
+        format!(
+            "{}/{} ok",
+            snapshot.count(State::Ok),
+            snapshot.dependencies.len()
+        )
     });
     HealthPolicyStatus {
         observed_generation: generation,
@@ -122,7 +122,7 @@ pub fn differs(desired: &HealthPolicyStatus, current: Option<&HealthPolicyStatus
 }
 
 fn ready(inputs: &Inputs) -> (bool, &'static str, String) {
-    let Some(report) = inputs.report else {
+    let Some(snapshot) = inputs.snapshot else {
         return match inputs.invalid {
             Some(_) => (
                 false,
@@ -132,24 +132,24 @@ fn ready(inputs: &Inputs) -> (bool, &'static str, String) {
             None => (false, "Pending", "not reconciled yet".into()),
         };
     };
-    let probe_passes = (200..400).contains(&report.status_code());
-    match report.overall {
+    let probe_passes = (200..400).contains(&snapshot.status_code());
+    match snapshot.overall {
         Overall::Ok => (
             true,
             "AllDependenciesOk",
-            format!("{} dependencies ok", report.checks.len()),
+            format!("{} dependencies ok", snapshot.dependencies.len()),
         ),
         Overall::Degraded => (
             probe_passes,
             "Degraded",
-            truncate(format!("degraded: {}", not_ok(report, |_, _| true))),
+            truncate(format!("degraded: {}", not_ok(snapshot, |_, _| true))),
         ),
         Overall::Down => {
-            let unknown_only = report
-                .checks
-                .values()
-                .filter(|v| v.critical)
-                .all(|v| v.state != State::Down);
+            let unknown_only = snapshot
+                .dependencies
+                .iter()
+                .filter(|d| d.critical)
+                .all(|d| d.state != State::Down);
             let reason = if unknown_only {
                 "DependencyUnknown"
             } else {
@@ -160,7 +160,7 @@ fn ready(inputs: &Inputs) -> (bool, &'static str, String) {
                 reason,
                 truncate(format!(
                     "critical: {}",
-                    not_ok(report, |critical, state| critical
+                    not_ok(snapshot, |critical, state| critical
                         && matches!(state, State::Down | State::Unknown))
                 )),
             )
@@ -169,11 +169,11 @@ fn ready(inputs: &Inputs) -> (bool, &'static str, String) {
 }
 
 fn degraded(inputs: &Inputs) -> (bool, &'static str, String) {
-    match inputs.report.map(|r| (r, r.overall)) {
-        Some((report, Overall::Degraded)) => (
+    match inputs.snapshot.map(|s| (s, s.overall)) {
+        Some((snapshot, Overall::Degraded)) => (
             true,
             "DependencyDegraded",
-            truncate(not_ok(report, |_, _| true)),
+            truncate(not_ok(snapshot, |_, _| true)),
         ),
         Some((_, Overall::Down)) => (false, "Down", "the policy is down, not degraded".into()),
         Some((_, Overall::Ok)) => (
@@ -185,15 +185,15 @@ fn degraded(inputs: &Inputs) -> (bool, &'static str, String) {
     }
 }
 
-/// `name is down (connect), other is degraded (slow)` for the checks that match.
-fn not_ok(report: &Report, filter: impl Fn(bool, State) -> bool) -> String {
-    report
-        .checks
+/// `name is down (connect), other is degraded (slow)` for the dependencies that match.
+fn not_ok(snapshot: &PolicySnapshot, filter: impl Fn(bool, State) -> bool) -> String {
+    snapshot
+        .dependencies
         .iter()
-        .filter(|(_, v)| v.state != State::Ok && filter(v.critical, v.state))
-        .map(|(name, v)| match v.reason {
-            Some(reason) => format!("{name} is {} ({reason})", v.state.as_str()),
-            None => format!("{name} is {}", v.state.as_str()),
+        .filter(|d| d.state != State::Ok && filter(d.critical, d.state))
+        .map(|d| match d.last.as_ref().map(|r| r.reason) {
+            Some(reason) => format!("{} is {} ({})", d.name, d.state.as_str(), reason.as_str()),
+            None => format!("{} is {}", d.name, d.state.as_str()),
         })
         .collect::<Vec<_>>()
         .join(", ")
@@ -202,7 +202,7 @@ fn not_ok(report: &Report, filter: impl Fn(bool, State) -> bool) -> String {
 fn condition(type_: &str, status: bool, reason: &str, message: String) -> Condition {
     Condition {
         type_: type_.to_string(),
-        status: if status { "True" } else { "False" }.to_string(),
+        status: condition_status(status).to_string(),
         reason: reason.to_string(),
         message,
         observed_generation: None,
@@ -230,6 +230,16 @@ fn truncate(mut text: String) -> String {
 /// The condition of `type_`, if present.
 pub fn find<'a>(status: &'a HealthPolicyStatus, type_: &str) -> Option<&'a Condition> {
     status.conditions.iter().find(|c| c.type_ == type_)
+}
+
+/// Whether the condition of `type_` is present with status True. The API conventions' string
+/// status is read here and written by [`condition`], nowhere else.
+pub fn is_true(status: &HealthPolicyStatus, type_: &str) -> Option<bool> {
+    find(status, type_).map(|c| c.status == condition_status(true))
+}
+
+fn condition_status(value: bool) -> &'static str {
+    if value { "True" } else { "False" }
 }
 
 #[cfg(test)]

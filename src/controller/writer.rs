@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use super::status::{self, Inputs};
-use super::{Context, FIELD_MANAGER, REPORTING_CONTROLLER, events};
+use super::{Context, FIELD_MANAGER, Observed, REPORTING_CONTROLLER, events};
 use crate::api::{HealthPolicy, HealthPolicyStatus};
 use crate::engine::PolicyKey;
 
@@ -32,9 +32,26 @@ const WRITE_BACKOFF: Duration = Duration::from_secs(2);
 /// right after a new leader starts; its status waits for the first result up to this long.
 const FIRST_RESULT_GRACE: Duration = Duration::from_secs(15);
 
-struct Written {
-    status: HealthPolicyStatus,
-    at: Instant,
+/// What the writer knows about one policy it writes for.
+struct Tracked {
+    /// When this leader first saw the policy (for [`FIRST_RESULT_GRACE`]).
+    first_seen: Instant,
+    /// What this leader wrote last, and when: the watch cache may lag a write by a tick, and the
+    /// previous status decides lastTransitionTime and Events, so our own writes are the better
+    /// source.
+    written: Option<(HealthPolicyStatus, Instant)>,
+    /// After a failed write, the policy is left alone until then.
+    retry_at: Option<Instant>,
+}
+
+impl Tracked {
+    fn new() -> Self {
+        Self {
+            first_seen: Instant::now(),
+            written: None,
+            retry_at: None,
+        }
+    }
 }
 
 pub async fn run(
@@ -52,58 +69,50 @@ pub async fn run(
             instance: Some(identity),
         },
     );
-    // What this leader wrote last: the watch cache may lag a write by a tick, and the previous
-    // status decides lastTransitionTime and Events, so our own writes are the better source.
-    let mut written: HashMap<PolicyKey, Written> = HashMap::new();
-    let mut backoff: HashMap<PolicyKey, Instant> = HashMap::new();
-    let mut first_seen: HashMap<PolicyKey, Instant> = HashMap::new();
+    let mut reconciled = ctx.observed.subscribe();
+    let mut tracked: HashMap<PolicyKey, Tracked> = HashMap::new();
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return,
             _ = leader.changed() => {}
-            _ = ctx.changed.notified() => {}
+            // A reconcile (new generation, new problems) shows up at once, not a tick later.
+            _ = reconciled.changed() => {}
             _ = tokio::time::sleep(TICK) => {}
         }
         if !*leader.borrow() {
             // A later term starts from what the API server has, not from a stale memory.
-            written.clear();
+            tracked.clear();
             continue;
         }
-        let observed: Vec<_> = ctx
-            .observed
-            .lock()
-            .expect("observed lock")
+        let observed: Vec<(PolicyKey, Observed)> = reconciled
+            .borrow_and_update()
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
-        written.retain(|key, _| observed.iter().any(|(k, _)| k == key));
-        first_seen.retain(|key, _| observed.iter().any(|(k, _)| k == key));
+        tracked.retain(|key, _| observed.iter().any(|(k, _)| k == key));
         for (key, obs) in observed {
-            if backoff
-                .get(&key)
-                .is_some_and(|until| Instant::now() < *until)
-            {
+            let entry = tracked.entry(key.clone()).or_insert_with(Tracked::new);
+            if entry.retry_at.is_some_and(|at| Instant::now() < at) {
                 continue;
             }
             let Some(object) = store.get(&ObjectRef::new(&key.name).within(&key.namespace)) else {
                 continue;
             };
-            let report = ctx.engine.report(&key);
-            let unchecked = report
-                .as_ref()
-                .is_some_and(|r| r.checks.values().any(|c| c.checked_at.is_none()));
-            let seen = *first_seen.entry(key.clone()).or_insert_with(Instant::now);
-            if unchecked && obs.invalid.is_none() && seen.elapsed() < FIRST_RESULT_GRACE {
+            let snapshot = ctx.engine.snapshot(&key);
+            let unchecked = snapshot.as_ref().is_some_and(|s| !s.all_checked());
+            if unchecked && obs.invalid.is_none() && entry.first_seen.elapsed() < FIRST_RESULT_GRACE
+            {
                 continue;
             }
-            let previous = written
-                .get(&key)
-                .map(|w| w.status.clone())
+            let previous = entry
+                .written
+                .as_ref()
+                .map(|(status, _)| status.clone())
                 .or_else(|| object.status.clone());
             let desired = status::desired(
                 &Inputs {
                     generation: obs.generation,
-                    report: report.as_ref(),
+                    snapshot: snapshot.as_ref(),
                     invalid: obs.invalid.as_deref(),
                     now: Utc::now(),
                 },
@@ -111,9 +120,10 @@ pub async fn run(
             );
             let transition = status::differs(&desired, previous.as_ref());
             let refresh = previous.as_ref() != Some(&desired)
-                && written
-                    .get(&key)
-                    .is_none_or(|w| w.at.elapsed() >= LATENCY_REFRESH);
+                && entry
+                    .written
+                    .as_ref()
+                    .is_none_or(|(_, at)| at.elapsed() >= LATENCY_REFRESH);
             if !transition && !refresh {
                 continue;
             }
@@ -134,20 +144,14 @@ pub async fn run(
                 Ok(_) => {
                     ctx.metrics.status_writes.inc();
                     debug!(policy = %key, transition, "status written");
-                    backoff.remove(&key);
+                    entry.retry_at = None;
                     let planned = events::transitions(previous.as_ref(), &desired);
-                    written.insert(
-                        key.clone(),
-                        Written {
-                            status: desired,
-                            at: Instant::now(),
-                        },
-                    );
+                    entry.written = Some((desired, Instant::now()));
                     events::publish(&recorder, &obs.reference, planned).await;
                 }
                 Err(e) => {
                     warn!(policy = %key, error = %e, "could not write status; will retry");
-                    backoff.insert(key, Instant::now() + WRITE_BACKOFF);
+                    entry.retry_at = Some(Instant::now() + WRITE_BACKOFF);
                 }
             }
         }

@@ -10,9 +10,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, Span, debug, field, info, warn};
 
 use super::PolicyKey;
+use super::metrics::{CheckLabels, CheckMetrics, outcome_str};
 use crate::checks::{Observation, Probe};
 use crate::health::{Hysteresis, Outcome, Reason, State};
-use crate::metrics::Metrics;
 use crate::policy::DependencySpec;
 
 /// Spreads checks of many dependencies (and replicas) so they do not hit a server in lockstep.
@@ -29,8 +29,9 @@ pub struct CheckRecord {
     pub latency: Duration,
     pub checked_at: DateTime<Utc>,
     pub checked_instant: Instant,
-    pub detail: Option<String>,
-    pub error: Option<String>,
+    /// Shared, so a snapshot copies a reference count, not the text.
+    pub detail: Option<Arc<str>>,
+    pub error: Option<Arc<str>>,
     /// When `state` last changed, for status conditions.
     pub since: DateTime<Utc>,
 }
@@ -44,18 +45,18 @@ pub struct Checker {
     pub slot: Slot,
     /// Bumped after every publish, so the cached /ready answer is redone.
     pub published: Arc<std::sync::atomic::AtomicU64>,
-    pub metrics: Arc<Metrics>,
+    pub metrics: CheckMetrics,
 }
 
 impl Checker {
     pub async fn run(self, cancel: CancellationToken) {
-        let labels = self.labels();
+        let mut labels =
+            CheckLabels::new(&self.key, &self.spec.name, self.spec.target.kind().as_str());
         info!(policy = %self.key, dependency = %self.spec.name, target = %self.spec.target.describe(), "checker started");
         let mut hysteresis = Hysteresis::new(
             self.spec.schedule.failure_threshold,
             self.spec.schedule.success_threshold,
         );
-        let mut emitted: Vec<(&'static str, &'static str)> = Vec::new();
         let mut next = Instant::now() + spread(FIRST_CHECK_SPREAD);
         loop {
             tokio::select! {
@@ -79,10 +80,11 @@ impl Checker {
             span.in_scope(|| {
                 record_check(&span, &observation, state);
                 self.publish(&observation, state, previous, latency, started);
-                self.record_metrics(&labels, &observation, state, latency, &mut emitted);
+                self.metrics
+                    .record(&mut labels, &observation, state, latency);
             });
         }
-        self.remove_metrics(&labels, &emitted);
+        self.metrics.remove(&labels);
         debug!(policy = %self.key, dependency = %self.spec.name, "checker stopped");
     }
 
@@ -104,15 +106,6 @@ impl Checker {
             healthgate.dependency.state = field::Empty,
             healthgate.queue.depth = field::Empty,
         )
-    }
-
-    fn labels(&self) -> [String; 4] {
-        [
-            self.key.namespace.clone(),
-            self.key.name.clone(),
-            self.spec.name.clone(),
-            self.spec.target.kind().as_str().to_string(),
-        ]
     }
 
     fn slow_is_degraded(&self, mut observation: Observation, latency: Duration) -> Observation {
@@ -146,8 +139,8 @@ impl Checker {
             latency,
             checked_at: now,
             checked_instant: started + latency,
-            detail: observation.detail.clone(),
-            error: observation.error.clone(),
+            detail: observation.detail.as_deref().map(Arc::from),
+            error: observation.error.as_deref().map(Arc::from),
             since,
         });
         drop(slot);
@@ -167,74 +160,6 @@ impl Checker {
                 info!(%policy, %dependency, from, to, reason, "dependency state changed");
             }
         }
-    }
-
-    fn record_metrics(
-        &self,
-        labels: &[String; 4],
-        observation: &Observation,
-        state: State,
-        latency: Duration,
-        emitted: &mut Vec<(&'static str, &'static str)>,
-    ) {
-        let m = &self.metrics;
-        let [ns, policy, name, kind] = labels.each_ref().map(String::as_str);
-        m.check_duration
-            .with_label_values(&[ns, policy, name, kind])
-            .observe(latency.as_secs_f64());
-        let result = outcome_str(observation.outcome);
-        let reason = observation.reason.as_str();
-        m.check_results
-            .with_label_values(&[ns, policy, name, kind, result, reason])
-            .inc();
-        if !emitted.contains(&(result, reason)) {
-            emitted.push((result, reason));
-        }
-        m.dependency_up
-            .with_label_values(&[ns, policy, name])
-            .set(i64::from(observation.outcome != Outcome::Down));
-        m.check_last_run
-            .with_label_values(&[ns, policy, name])
-            .set(Utc::now().timestamp());
-        if let Some(depth) = observation.queue_depth {
-            m.queue_depth
-                .with_label_values(&[ns, policy, name])
-                .set(i64::try_from(depth).unwrap_or(i64::MAX));
-        }
-        for candidate in State::ALL {
-            m.dependency_state
-                .with_label_values(&[ns, policy, name, candidate.as_str()])
-                .set(i64::from(candidate == state));
-        }
-    }
-
-    fn remove_metrics(&self, labels: &[String; 4], emitted: &[(&'static str, &'static str)]) {
-        let m = &self.metrics;
-        let [ns, policy, name, kind] = labels.each_ref().map(String::as_str);
-        let _ = m
-            .check_duration
-            .remove_label_values(&[ns, policy, name, kind]);
-        for (result, reason) in emitted {
-            let _ = m
-                .check_results
-                .remove_label_values(&[ns, policy, name, kind, result, reason]);
-        }
-        let _ = m.dependency_up.remove_label_values(&[ns, policy, name]);
-        let _ = m.check_last_run.remove_label_values(&[ns, policy, name]);
-        let _ = m.queue_depth.remove_label_values(&[ns, policy, name]);
-        for state in State::ALL {
-            let _ = m
-                .dependency_state
-                .remove_label_values(&[ns, policy, name, state.as_str()]);
-        }
-    }
-}
-
-fn outcome_str(outcome: Outcome) -> &'static str {
-    match outcome {
-        Outcome::Ok => "ok",
-        Outcome::Degraded => "degraded",
-        Outcome::Down => "down",
     }
 }
 

@@ -3,8 +3,10 @@
 //! against the running one and only starts, stops or restarts the checkers that changed.
 
 mod checker;
+mod metrics;
 mod ready_cache;
 mod report;
+mod snapshot;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -18,13 +20,14 @@ use tracing::info;
 
 pub use checker::CheckRecord;
 use checker::{Checker, Slot};
+pub use metrics::CheckMetrics;
 use ready_cache::ReadyCache;
 pub use ready_cache::Rendered;
 pub use report::{CheckView, Report};
+pub use snapshot::{DependencyView, PolicySnapshot};
 
 use crate::checks::{Connections, Probe};
-use crate::health::{Overall, State, aggregate, effective_state};
-use crate::metrics::Metrics;
+use crate::health::{State, aggregate, effective_state};
 use crate::policy::{DependencySpec, Policy};
 
 /// Identifies a policy: its namespace (empty in standalone mode) and name.
@@ -76,6 +79,56 @@ struct RunningPolicy {
     shared_outage: BTreeSet<String>,
 }
 
+impl RunningPolicy {
+    fn state_of(&self, check: &RunningCheck, now: Instant) -> State {
+        self.effective(check.slot.lock().expect("check slot lock").as_ref(), now)
+    }
+
+    fn effective(&self, record: Option<&CheckRecord>, now: Instant) -> State {
+        match record {
+            Some(r) => effective_state(
+                r.state,
+                Some(r.checked_instant),
+                now,
+                self.policy.max_staleness,
+            ),
+            None => State::Unknown,
+        }
+    }
+
+    /// One pass over the checks, one slot lock each.
+    fn snapshot(&self, now: Instant) -> PolicySnapshot {
+        let dependencies: Vec<DependencyView> = self
+            .checks
+            .iter()
+            .map(|(name, check)| {
+                let last = check.slot.lock().expect("check slot lock").clone();
+                let state = self.effective(last.as_ref(), now);
+                let protected = self.policy.cascade_protection
+                    && check.spec.critical
+                    && state == State::Down
+                    && self.shared_outage.contains(name);
+                DependencyView {
+                    name: name.clone(),
+                    critical: check.spec.critical,
+                    state,
+                    protected,
+                    last,
+                }
+            })
+            .collect();
+        PolicySnapshot {
+            overall: aggregate(
+                dependencies
+                    .iter()
+                    .map(|d| (d.counts_as_critical(), d.state)),
+            ),
+            codes: self.policy.status_codes,
+            dependencies,
+        }
+    }
+}
+
 #[derive(Clone)]
 pub struct Engine {
     inner: Arc<Inner>,
@@ -85,13 +138,13 @@ struct Inner {
     policies: RwLock<BTreeMap<PolicyKey, RunningPolicy>>,
     ready: ReadyCache,
     connections: Connections,
-    metrics: Arc<Metrics>,
+    metrics: CheckMetrics,
     cancel: CancellationToken,
     tasks: TaskTracker,
 }
 
 impl Engine {
-    pub fn new(metrics: Arc<Metrics>) -> Self {
+    pub fn new(metrics: CheckMetrics) -> Self {
         Self {
             inner: Arc::new(Inner {
                 policies: RwLock::default(),
@@ -102,10 +155,6 @@ impl Engine {
                 tasks: TaskTracker::new(),
             }),
         }
-    }
-
-    pub fn metrics(&self) -> &Arc<Metrics> {
-        &self.inner.metrics
     }
 
     /// Starts, restarts or stops checkers so that `key` runs exactly `policy`.
@@ -191,13 +240,7 @@ impl Engine {
         for check in running.checks.values() {
             check.cancel.cancel();
         }
-        for status in ["ok", "degraded", "down"] {
-            let _ = self.inner.metrics.policy_status.remove_label_values(&[
-                &key.namespace,
-                &key.name,
-                status,
-            ]);
-        }
+        self.inner.metrics.remove_policy(key);
         self.inner
             .connections
             .retain(policies.values().map(|p| &p.policy));
@@ -215,33 +258,45 @@ impl Engine {
             .collect()
     }
 
-    /// Readiness of one policy, or `None` if it is not running.
-    pub fn report(&self, key: &PolicyKey) -> Option<Report> {
-        self.report_at(key, Instant::now())
+    /// The typed view of one policy, or `None` if it is not running.
+    pub fn snapshot(&self, key: &PolicyKey) -> Option<PolicySnapshot> {
+        self.snapshot_at(key, Instant::now())
     }
 
-    /// Readiness as it will be at `now`; lets tests see staleness without waiting for it.
-    pub fn report_at(&self, key: &PolicyKey, now: Instant) -> Option<Report> {
+    /// [`Engine::snapshot`] as it will be at `now`; lets tests see staleness without waiting.
+    pub fn snapshot_at(&self, key: &PolicyKey, now: Instant) -> Option<PolicySnapshot> {
         let policies = self.inner.policies.read().expect("engine lock");
-        policies
-            .get(key)
-            .map(|running| self.policy_report(running, now))
+        policies.get(key).map(|running| running.snapshot(now))
     }
 
-    /// Readiness of everything this instance serves. With one policy, checks are keyed by
-    /// dependency name; with several, by `namespace/policy/dependency` so names cannot collide.
-    pub fn report_all(&self) -> Report {
+    /// The critical dependencies of `key` that are down right now (what cascade protection
+    /// shares with peers); `None` if the policy is not running. Reads states only.
+    pub fn critical_down(&self, key: &PolicyKey) -> Option<BTreeSet<String>> {
+        let now = Instant::now();
         let policies = self.inner.policies.read().expect("engine lock");
-        self.report_all_at(&policies, Instant::now())
+        let running = policies.get(key)?;
+        Some(
+            running
+                .checks
+                .iter()
+                .filter(|(_, check)| check.spec.critical)
+                .filter(|(_, check)| running.state_of(check, now) == State::Down)
+                .map(|(name, _)| name.clone())
+                .collect(),
+        )
     }
 
-    /// [`Engine::report_all`] as a rendered response, served from a cache that is redone only
-    /// when a checker publishes, a policy changes or a result turns stale.
+    /// The /ready body of everything this instance serves, served from a cache that is redone
+    /// only when a checker publishes, a policy changes or a result turns stale.
     pub fn render_all(&self) -> Rendered {
         let now = Instant::now();
         self.inner.ready.get_or_render(now, || {
             let policies = self.inner.policies.read().expect("engine lock");
-            let report = self.report_all_at(&policies, now);
+            let snapshots: Vec<(PolicyKey, PolicySnapshot)> = policies
+                .iter()
+                .map(|(key, running)| (key.clone(), running.snapshot(now)))
+                .collect();
+            let report = Report::render_all(&snapshots);
             let body = serde_json::to_vec(&report).expect("a report serialises");
             let turns_stale = policies
                 .values()
@@ -264,46 +319,14 @@ impl Engine {
         })
     }
 
-    fn report_all_at(&self, policies: &BTreeMap<PolicyKey, RunningPolicy>, now: Instant) -> Report {
-        let reports: Vec<(&PolicyKey, Report)> = policies
+    /// Snapshots of every policy, for renderings that need all of them at one instant.
+    pub fn snapshot_all(&self) -> Vec<(PolicyKey, PolicySnapshot)> {
+        let now = Instant::now();
+        let policies = self.inner.policies.read().expect("engine lock");
+        policies
             .iter()
-            .map(|(key, running)| (key, self.policy_report(running, now)))
-            .collect();
-        match reports.len() {
-            0 => Report::empty(),
-            1 => reports
-                .into_iter()
-                .next()
-                .map(|(_, r)| r)
-                .expect("one report"),
-            _ => Report::merge(reports),
-        }
-    }
-
-    fn policy_report(&self, running: &RunningPolicy, now: Instant) -> Report {
-        let mut checks = BTreeMap::new();
-        let mut states = Vec::with_capacity(running.checks.len());
-        for (name, check) in &running.checks {
-            let record = check.slot.lock().expect("check slot lock").clone();
-            let state = match &record {
-                Some(r) => effective_state(
-                    r.state,
-                    Some(r.checked_instant),
-                    now,
-                    running.policy.max_staleness,
-                ),
-                None => State::Unknown,
-            };
-            let protected = running.policy.cascade_protection
-                && check.spec.critical
-                && state == State::Down
-                && running.shared_outage.contains(name);
-            states.push((check.spec.critical && !protected, state));
-            let mut view = CheckView::new(state, check.spec.critical, record.as_ref());
-            view.cascade_protected = protected;
-            checks.insert(name.clone(), view);
-        }
-        Report::new(aggregate(states), running.policy.status_codes, checks)
+            .map(|(key, running)| (key.clone(), running.snapshot(now)))
+            .collect()
     }
 
     /// Brings the gauges that are derived from the cache up to date; called on each scrape so
@@ -311,15 +334,10 @@ impl Engine {
     pub fn refresh_metrics(&self) {
         let policies = self.inner.policies.read().expect("engine lock");
         let now = Instant::now();
-        let metrics = &self.inner.metrics;
         for (key, running) in policies.iter() {
-            let status = self.policy_report(running, now).overall;
-            for candidate in [Overall::Ok, Overall::Degraded, Overall::Down] {
-                metrics
-                    .policy_status
-                    .with_label_values(&[&key.namespace, &key.name, candidate.as_str()])
-                    .set(i64::from(candidate == status));
-            }
+            self.inner
+                .metrics
+                .set_policy_status(key, running.snapshot(now).overall);
         }
     }
 

@@ -1,11 +1,13 @@
-//! The /ready body: overall status plus one entry per check, built from cached records only.
+//! The /ready body (also what `healthgate check` prints): a rendering of [`PolicySnapshot`]s.
+//! Presentation only; nothing in the engine or the controller reads it back.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use serde::Serialize;
 
-use super::{CheckRecord, PolicyKey};
-use crate::health::{Overall, State};
+use super::{PolicyKey, PolicySnapshot};
+use crate::health::{Overall, Reason, State};
 use crate::policy::StatusCodes;
 
 #[derive(Clone, Debug, Serialize)]
@@ -27,79 +29,86 @@ pub struct CheckView {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub checked_at: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub reason: Option<&'static str>,
+    pub reason: Option<Reason>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub detail: Option<String>,
+    pub detail: Option<Arc<str>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
+    pub error: Option<Arc<str>>,
     /// Down, but down on every replica: counted as non-critical (readiness-cascade protection).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub cascade_protected: bool,
 }
 
-impl CheckView {
-    pub fn new(state: State, critical: bool, record: Option<&CheckRecord>) -> Self {
-        Self {
-            state,
-            critical,
-            // Rounded to microseconds: more digits are noise, fewer hide a loopback ping.
-            latency_ms: record.map(|r| (r.latency.as_secs_f64() * 1e6).round() / 1e3),
-            checked_at: record.map(|r| {
-                r.checked_at
-                    .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
-            }),
-            reason: record.map(|r| r.reason.as_str()),
-            detail: record.and_then(|r| r.detail.clone()),
-            error: record.and_then(|r| r.error.clone()),
-            cascade_protected: false,
-        }
-    }
-}
-
 impl Report {
-    pub fn new(overall: Overall, codes: StatusCodes, checks: BTreeMap<String, CheckView>) -> Self {
-        Self {
-            checks,
-            overall,
-            codes,
-        }
-    }
-
-    /// Nothing to check is ready: an instance serving no policy has no dependency to fail.
-    pub fn empty() -> Self {
-        Self::new(Overall::Ok, StatusCodes::default(), BTreeMap::new())
-    }
-
-    /// Combines several policies; the worst one decides the status and its codes are used.
-    pub fn merge(reports: Vec<(&PolicyKey, Report)>) -> Self {
-        let worst = reports
+    /// One policy: checks keyed by dependency name.
+    pub fn render(snapshot: &PolicySnapshot) -> Self {
+        let checks = snapshot
+            .dependencies
             .iter()
-            .map(|(_, r)| r.overall)
-            .max()
-            .unwrap_or(Overall::Ok);
-        let codes = reports
-            .iter()
-            .find(|(_, r)| r.overall == worst)
-            .map(|(_, r)| r.codes)
-            .unwrap_or_default();
-        let checks = reports
-            .into_iter()
-            .flat_map(|(key, report)| {
-                let prefix = format!("{}/{}", key.namespace, key.name);
-                report
-                    .checks
-                    .into_iter()
-                    .map(move |(name, view)| (format!("{prefix}/{name}"), view))
+            .map(|d| {
+                let last = d.last.as_ref();
+                let view = CheckView {
+                    state: d.state,
+                    critical: d.critical,
+                    // Rounded to microseconds: more digits are noise, fewer hide a loopback ping.
+                    latency_ms: last.map(|r| (r.latency.as_secs_f64() * 1e6).round() / 1e3),
+                    checked_at: last.map(|r| {
+                        r.checked_at
+                            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+                    }),
+                    reason: last.map(|r| r.reason),
+                    detail: last.and_then(|r| r.detail.clone()),
+                    error: last.and_then(|r| r.error.clone()),
+                    cascade_protected: d.protected,
+                };
+                (d.name.clone(), view)
             })
             .collect();
-        Self::new(worst, codes, checks)
+        Self {
+            overall: snapshot.overall,
+            checks,
+            codes: snapshot.codes,
+        }
+    }
+
+    /// Everything an instance serves. With one policy, checks are keyed by dependency name; with
+    /// several, by `namespace/policy/dependency` so names cannot collide, and the worst policy
+    /// decides the status and its codes are used. Nothing to check is ready.
+    pub fn render_all(snapshots: &[(PolicyKey, PolicySnapshot)]) -> Self {
+        match snapshots {
+            [] => Self {
+                overall: Overall::Ok,
+                checks: BTreeMap::new(),
+                codes: StatusCodes::default(),
+            },
+            [(_, only)] => Self::render(only),
+            many => {
+                let overall = many.iter().map(|(_, s)| s.overall).max();
+                let worst = many
+                    .iter()
+                    .map(|(_, s)| s)
+                    .find(|s| Some(s.overall) == overall)
+                    .expect("at least two snapshots");
+                let checks = many
+                    .iter()
+                    .flat_map(|(key, snapshot)| {
+                        let prefix = format!("{}/{}", key.namespace, key.name);
+                        Self::render(snapshot)
+                            .checks
+                            .into_iter()
+                            .map(move |(name, view)| (format!("{prefix}/{name}"), view))
+                    })
+                    .collect();
+                Self {
+                    overall: worst.overall,
+                    checks,
+                    codes: worst.codes,
+                }
+            }
+        }
     }
 
     pub fn status_code(&self) -> u16 {
-        match self.overall {
-            Overall::Ok => self.codes.ok,
-            Overall::Degraded => self.codes.degraded,
-            Overall::Down => self.codes.down,
-        }
+        self.codes.for_overall(self.overall)
     }
 }

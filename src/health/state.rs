@@ -22,11 +22,23 @@ impl Outcome {
     }
 }
 
-/// The reported state of a dependency.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+/// The reported state of a dependency. Also the CRD status field, so the schema lists the values.
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    Hash,
+    serde::Serialize,
+    serde::Deserialize,
+    schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum State {
     /// Never checked, or the last result is older than the policy's maxStaleness.
+    #[default]
     Unknown,
     Ok,
     Degraded,
@@ -48,8 +60,20 @@ impl State {
 
 /// Why a check ended the way it did. A closed set, so it can label metrics without unbounded
 /// cardinality; the free-text detail goes to /ready and logs instead.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Hash,
+    serde::Serialize,
+    serde::Deserialize,
+    schemars::JsonSchema,
+)]
+#[serde(rename_all = "snake_case")]
 pub enum Reason {
+    /// The check passed.
     Ok,
     /// Succeeded, but slower than degradedLatency.
     Slow,
@@ -72,6 +96,19 @@ pub enum Reason {
 }
 
 impl Reason {
+    pub const ALL: [Reason; 10] = [
+        Reason::Ok,
+        Reason::Slow,
+        Reason::QueueDepth,
+        Reason::Timeout,
+        Reason::Connect,
+        Reason::Error,
+        Reason::Status,
+        Reason::Body,
+        Reason::NotServing,
+        Reason::Config,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Reason::Ok => "ok",
@@ -186,6 +223,22 @@ mod tests {
                 run(*failure, *success, outcomes),
                 *expected,
                 "failure={failure} success={success} outcomes={outcomes:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn serde_names_are_the_label_values() {
+        for reason in Reason::ALL {
+            assert_eq!(
+                serde_json::to_value(reason).unwrap(),
+                serde_json::Value::from(reason.as_str())
+            );
+        }
+        for state in State::ALL {
+            assert_eq!(
+                serde_json::to_value(state).unwrap(),
+                serde_json::Value::from(state.as_str())
             );
         }
     }

@@ -8,22 +8,18 @@ use std::fmt;
 use std::time::Duration;
 
 use super::{
-    DEFAULT_INTERVAL, DEFAULT_MAX_STALENESS, DEFAULT_TIMEOUT, DependencySpec, HttpTarget, Policy,
-    QueueTarget, Schedule, StatusCodes, Target, duration,
+    DEFAULT_INTERVAL, DEFAULT_MAX_STALENESS, DEFAULT_TIMEOUT, DependencySpec, Policy, Schedule,
+    StatusCodes, duration,
 };
 use crate::api::{
-    CheckDefaults, Dependency, DependencyType, HealthPolicySpec, MAX_DEPENDENCIES, QueueKind,
-    UrlFrom,
+    CheckDefaults, Dependency, DependencyType, HealthPolicySpec, MAX_DEPENDENCIES, UrlFrom,
 };
+use crate::checks::UrlField;
 use crate::secret::{SecretUrl, redact_url};
 
 /// Checking more often than this is a load test, not a health check.
 const MIN_INTERVAL: Duration = Duration::from_millis(100);
 const MAX_THRESHOLD: i32 = 100;
-/// URL schemes each client library accepts.
-const POSTGRES: &[&str] = &["postgres", "postgresql"];
-const REDIS: &[&str] = &["redis", "rediss"];
-const HTTP: &[&str] = &["http", "https"];
 
 /// A problem in a policy, located by the path of the field to fix.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -43,10 +39,11 @@ pub trait UrlResolver {
     fn resolve(&self, from: &UrlFrom) -> Result<String, String>;
 }
 
-struct Errors(Vec<FieldError>);
+/// The problems found so far; every rule adds to it and validation goes on.
+pub struct Errors(Vec<FieldError>);
 
 impl Errors {
-    fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
+    pub fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
         self.0.push(FieldError {
             path: path.into(),
             message: message.into(),
@@ -316,15 +313,8 @@ fn dependency(
     }
     let schedule = schedule(defaults, &Overrides::of_dependency(dep), path, errors);
 
-    let blocks: [(DependencyType, bool); 6] = [
-        (DependencyType::Postgres, dep.postgres.is_some()),
-        (DependencyType::Redis, dep.redis.is_some()),
-        (DependencyType::RedisQueue, dep.redis_queue.is_some()),
-        (DependencyType::Http, dep.http.is_some()),
-        (DependencyType::Tcp, dep.tcp.is_some()),
-        (DependencyType::Grpc, dep.grpc.is_some()),
-    ];
-    for (kind, present) in blocks {
+    for kind in DependencyType::ALL {
+        let present = dep.block_of(kind).is_some();
         if kind == dep.kind && !present {
             errors.push(
                 format!("{path}.{}", kind.as_str()),
@@ -338,7 +328,13 @@ fn dependency(
         }
     }
 
-    let target = target(dep, path, urls, errors);
+    let target = dep.block_of(dep.kind).and_then(|block| {
+        let block_path = format!("{path}.{}", dep.kind.as_str());
+        let url = block
+            .url()
+            .and_then(|field| url(field, &block_path, urls, errors));
+        block.target(url, &block_path, errors)
+    });
     if errors.0.len() > before {
         return None;
     }
@@ -350,126 +346,17 @@ fn dependency(
     })
 }
 
-fn target(
-    dep: &Dependency,
-    path: &str,
-    urls: &dyn UrlResolver,
-    errors: &mut Errors,
-) -> Option<Target> {
-    let block = format!("{path}.{}", dep.kind.as_str());
-    match dep.kind {
-        DependencyType::Postgres => {
-            let check = dep.postgres.as_ref()?;
-            let url = url(
-                check.url.as_deref(),
-                check.url_from.as_ref(),
-                POSTGRES,
-                &block,
-                urls,
-                errors,
-            )?;
-            Some(Target::Postgres { url })
-        }
-        DependencyType::Redis => {
-            let check = dep.redis.as_ref()?;
-            let url = url(
-                check.url.as_deref(),
-                check.url_from.as_ref(),
-                REDIS,
-                &block,
-                urls,
-                errors,
-            )?;
-            Some(Target::Redis { url })
-        }
-        DependencyType::RedisQueue => {
-            let check = dep.redis_queue.as_ref()?;
-            let url = url(
-                check.url.as_deref(),
-                check.url_from.as_ref(),
-                REDIS,
-                &block,
-                urls,
-                errors,
-            );
-            let mut limit = |name: &str, value: Option<i64>| match value {
-                Some(v) if v < 0 => {
-                    errors.push(
-                        format!("{block}.{name}"),
-                        format!("{v} must not be negative"),
-                    );
-                    None
-                }
-                other => other.map(|v| v as u64),
-            };
-            let degraded_above = limit("degradedAbove", check.degraded_above);
-            let down_above = limit("downAbove", check.down_above);
-            if let (Some(degraded), Some(down)) = (degraded_above, down_above)
-                && down <= degraded
-            {
-                errors.push(
-                    format!("{block}.downAbove"),
-                    format!("{down} must be greater than degradedAbove ({degraded})"),
-                );
-            }
-            if check.key.is_empty() {
-                errors.push(format!("{block}.key"), "must not be empty");
-            }
-            if check.group.is_some() && check.kind != QueueKind::Stream {
-                errors.push(format!("{block}.group"), "only valid with kind: stream");
-            }
-            Some(Target::RedisQueue(QueueTarget {
-                url: url?,
-                key: check.key.clone(),
-                kind: check.kind,
-                group: check.group.clone(),
-                degraded_above,
-                down_above,
-            }))
-        }
-        DependencyType::Http => {
-            let check = dep.http.as_ref()?;
-            let url = url(Some(&check.url), None, HTTP, &block, urls, errors);
-            let expect_status =
-                match parse_status_ranges(check.expect_status.as_deref().unwrap_or("200-299")) {
-                    Ok(ranges) => ranges,
-                    Err(e) => {
-                        errors.push(format!("{block}.expectStatus"), e);
-                        Vec::new()
-                    }
-                };
-            Some(Target::Http(HttpTarget {
-                url: url?,
-                expect_status,
-                body_contains: check.body_contains.clone(),
-            }))
-        }
-        DependencyType::Tcp => {
-            let check = dep.tcp.as_ref()?;
-            check_address(&check.address, &format!("{block}.address"), errors);
-            Some(Target::Tcp {
-                address: check.address.clone(),
-            })
-        }
-        DependencyType::Grpc => {
-            let check = dep.grpc.as_ref()?;
-            check_address(&check.address, &format!("{block}.address"), errors);
-            Some(Target::Grpc {
-                address: check.address.clone(),
-                service: check.service.clone().unwrap_or_default(),
-            })
-        }
-    }
-}
-
 fn url(
-    inline: Option<&str>,
-    from: Option<&UrlFrom>,
-    schemes: &[&str],
+    field: UrlField,
     block: &str,
     urls: &dyn UrlResolver,
     errors: &mut Errors,
 ) -> Option<SecretUrl> {
+    let UrlField {
+        inline,
+        from,
+        schemes,
+    } = field;
     let (raw, path) = match (inline, from) {
         (Some(_), Some(_)) => {
             errors.push(block, "set exactly one of url or urlFrom, not both");
@@ -524,7 +411,8 @@ fn url(
     }
 }
 
-fn check_address(address: &str, path: &str, errors: &mut Errors) {
+/// `host:port` with a port in 1-65535, for kinds that take an address.
+pub fn check_address(address: &str, path: &str, errors: &mut Errors) {
     let valid = address
         .rsplit_once(':')
         .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0));

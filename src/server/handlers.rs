@@ -4,7 +4,7 @@ use warp::reply::{Reply, Response};
 
 use super::AppState;
 use super::users::Lookup;
-use crate::engine::PolicyKey;
+use crate::engine::{PolicyKey, Report};
 
 const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 
@@ -65,9 +65,9 @@ pub fn ready(state: &AppState, method: &Method, policy: Option<(String, String)>
         return response;
     }
     let report = match policy {
-        None => state.engine.report_all(),
-        Some((namespace, name)) => match state.engine.report(&PolicyKey::new(namespace, name)) {
-            Some(report) => report,
+        None => Report::render_all(&state.engine.snapshot_all()),
+        Some((namespace, name)) => match state.engine.snapshot(&PolicyKey::new(namespace, name)) {
+            Some(snapshot) => Report::render(&snapshot),
             None => return error(404, "no such policy"),
         },
     };
@@ -84,7 +84,7 @@ pub fn metrics(state: &AppState, method: &Method) -> Response {
         return method_not_allowed();
     }
     state.engine.refresh_metrics();
-    state.users.record_pool_metrics(&state.metrics);
+    state.users.record_pool_metrics(&state.metrics.pool);
     let mut response = state.metrics.render().into_response();
     response.headers_mut().insert(
         header::CONTENT_TYPE,

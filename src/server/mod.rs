@@ -3,6 +3,7 @@
 //! count every response, 404s and 500s included.
 
 mod handlers;
+mod metrics;
 pub mod users;
 
 use std::convert::Infallible;
@@ -23,7 +24,9 @@ use warp::path::{FullPath, Tail};
 use warp::reply::Response;
 
 use crate::engine::Engine;
+use crate::first_sync::Synced;
 use crate::metrics::Metrics;
+pub use metrics::HttpMetrics;
 use users::Users;
 
 /// Route label for requests no route matched; raw paths never become label values.
@@ -36,24 +39,23 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     pub users: Users,
     pub draining: Arc<AtomicBool>,
-    /// False until the policy source has loaded every policy once (Kubernetes mode starts with
-    /// an empty engine, which would otherwise read as "nothing to fail, ready").
-    pub synced: Arc<AtomicBool>,
+    /// Opened by the policy source once it has loaded every policy.
+    pub synced: Synced,
 }
 
 impl AppState {
-    pub fn new(engine: Engine, users: Users) -> Self {
+    pub fn new(engine: Engine, users: Users, metrics: Arc<Metrics>, synced: Synced) -> Self {
         Self {
-            metrics: engine.metrics().clone(),
+            metrics,
             engine,
             users,
             draining: Arc::new(AtomicBool::new(false)),
-            synced: Arc::new(AtomicBool::new(true)),
+            synced,
         }
     }
 
     pub fn is_synced(&self) -> bool {
-        self.synced.load(Ordering::Acquire)
+        self.synced.is_synced()
     }
 
     pub fn start_draining(&self) {
@@ -113,7 +115,7 @@ pub fn routes(state: AppState) -> impl Filter<Extract = (Response,), Error = Inf
         .unify()
         .or(fallback)
         .unify();
-    let metrics = state.metrics.clone();
+    let metrics = state.metrics.http.clone();
     let routed = warp::any()
         .map(Instant::now)
         .and(warp::method())
@@ -124,7 +126,7 @@ pub fn routes(state: AppState) -> impl Filter<Extract = (Response,), Error = Inf
                 let elapsed = started.elapsed();
                 let status = response.status().as_u16();
                 record_response(&Span::current(), &method, route, status);
-                metrics.record_request(
+                metrics.record(
                     method.as_str(),
                     route,
                     response.status(),

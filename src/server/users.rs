@@ -12,7 +12,7 @@ use sqlx::postgres::{PgPool, PgPoolOptions};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, Span, field, info, warn};
 
-use crate::metrics::Metrics;
+use crate::metrics::registered;
 use crate::secret::SecretUrl;
 
 const POOL_SIZE: u32 = 8;
@@ -167,16 +167,13 @@ impl Users {
         )
     }
 
-    pub fn record_pool_metrics(&self, metrics: &Metrics) {
+    pub fn record_pool_metrics(&self, metrics: &PoolMetrics) {
         if let Some((pool, _)) = &self.db {
             let idle = pool.num_idle() as i64;
             let active = i64::from(pool.size()) - idle;
-            metrics
-                .db_pool_connections
-                .with_label_values(&["app", "idle"])
-                .set(idle);
-            metrics
-                .db_pool_connections
+            let connections = &metrics.connections;
+            connections.with_label_values(&["app", "idle"]).set(idle);
+            connections
                 .with_label_values(&["app", "active"])
                 .set(active.max(0));
         }
@@ -219,6 +216,30 @@ struct UserBody {
 }
 
 /// Ids are opaque but bounded, so a malformed one never reaches the database.
+/// The users API's connection pool, read on each scrape.
+#[derive(Clone)]
+pub struct PoolMetrics {
+    connections: prometheus::IntGaugeVec,
+}
+
+impl PoolMetrics {
+    pub fn register(registry: &prometheus::Registry) -> Self {
+        Self {
+            connections: registered(
+                registry,
+                prometheus::IntGaugeVec::new(
+                    prometheus::Opts::new(
+                        "db_pool_connections",
+                        "PostgreSQL pool connections by state (idle, active).",
+                    ),
+                    &["pool", "state"],
+                )
+                .expect("valid metric"),
+            ),
+        }
+    }
+}
+
 pub fn is_valid_id(id: &str) -> bool {
     (1..=MAX_ID_LEN).contains(&id.len())
         && id

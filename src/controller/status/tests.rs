@@ -1,26 +1,41 @@
-use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
 
 use chrono::{TimeZone, Utc};
 
 use super::*;
-use crate::engine::CheckView;
-use crate::health::aggregate;
+use crate::engine::{CheckRecord, DependencyView};
+use crate::health::{Reason, aggregate};
 use crate::policy::StatusCodes;
 
-fn report(checks: &[(&str, bool, State)]) -> Report {
-    let mut views = BTreeMap::new();
-    for (name, critical, state) in checks {
-        let mut view = CheckView::new(*state, *critical, None);
-        view.latency_ms = Some(1.5);
-        view.reason = Some(match state {
-            State::Down => "connect",
-            State::Degraded => "slow",
-            _ => "ok",
-        });
-        views.insert(name.to_string(), view);
+fn snapshot(checks: &[(&str, bool, State)]) -> PolicySnapshot {
+    let dependencies = checks
+        .iter()
+        .map(|(name, critical, state)| DependencyView {
+            name: name.to_string(),
+            critical: *critical,
+            state: *state,
+            protected: false,
+            last: Some(CheckRecord {
+                state: *state,
+                reason: match state {
+                    State::Down => Reason::Connect,
+                    State::Degraded => Reason::Slow,
+                    _ => Reason::Ok,
+                },
+                latency: Duration::from_micros(1500),
+                checked_at: Utc::now(),
+                checked_instant: Instant::now(),
+                detail: None,
+                error: None,
+                since: Utc::now(),
+            }),
+        })
+        .collect();
+    PolicySnapshot {
+        overall: aggregate(checks.iter().map(|(_, c, s)| (*c, *s))),
+        codes: StatusCodes::default(),
+        dependencies,
     }
-    let overall = aggregate(checks.iter().map(|(_, c, s)| (*c, *s)));
-    Report::new(overall, StatusCodes::default(), views)
 }
 
 fn at(second: i64) -> DateTime<Utc> {
@@ -37,7 +52,7 @@ fn cond<'a>(status: &'a HealthPolicyStatus, type_: &str) -> (&'a str, &'a str, i
 }
 
 #[test]
-fn conditions_follow_the_report() {
+fn conditions_follow_the_snapshot() {
     use State::*;
     let bad = [FieldError {
         path: "spec.dependencies[0].redis.urlFrom.secretKeyRef".into(),
@@ -112,11 +127,11 @@ fn conditions_follow_the_report() {
         ),
     ];
     for (checks, invalid, ready, degraded, inv) in table {
-        let report = checks.map(report);
+        let report = checks.map(snapshot);
         let status = desired(
             &Inputs {
                 generation: Some(3),
-                report: report.as_ref(),
+                snapshot: report.as_ref(),
                 invalid: invalid.then_some(&bad[..]),
                 now: at(0),
             },
@@ -158,7 +173,7 @@ fn invalid_message_carries_the_field_path() {
     let status = desired(
         &Inputs {
             generation: Some(2),
-            report: None,
+            snapshot: None,
             invalid: Some(&bad),
             now: at(0),
         },
@@ -174,12 +189,13 @@ fn invalid_message_carries_the_field_path() {
 #[test]
 fn transition_times_move_only_when_status_flips() {
     use State::*;
-    let inputs = |checks: &[(&str, bool, State)], now| (report(checks), now);
-    let build = |(report, now): (Report, DateTime<Utc>), previous: Option<&HealthPolicyStatus>| {
+    let inputs = |checks: &[(&str, bool, State)], now| (snapshot(checks), now);
+    let build = |(report, now): (PolicySnapshot, DateTime<Utc>),
+                 previous: Option<&HealthPolicyStatus>| {
         desired(
             &Inputs {
                 generation: Some(1),
-                report: Some(&report),
+                snapshot: Some(&report),
                 invalid: None,
                 now,
             },
@@ -207,8 +223,8 @@ fn transition_times_move_only_when_status_flips() {
     assert_eq!(cond(&down, READY), ("False", "CriticalDependencyDown", 60));
     assert_eq!(cond(&down, INVALID).2, 0);
     assert_eq!(cond(&down, DEGRADED), ("False", "Down", 0));
-    assert_eq!(down.dependencies[0].state, "down");
-    assert_eq!(down.dependencies[0].reason.as_deref(), Some("connect"));
+    assert_eq!(down.dependencies[0].state, Down);
+    assert_eq!(down.dependencies[0].reason, Some(Reason::Connect));
     assert_eq!(
         down.dependencies[0].last_transition_time.as_deref(),
         Some("2027-01-15T08:01:00Z")
@@ -219,21 +235,21 @@ fn transition_times_move_only_when_status_flips() {
 
 #[test]
 fn latency_alone_is_not_a_transition() {
-    let mut a = report(&[("db", true, State::Ok)]);
+    let mut a = snapshot(&[("db", true, State::Ok)]);
     let first = desired(
         &Inputs {
             generation: Some(1),
-            report: Some(&a),
+            snapshot: Some(&a),
             invalid: None,
             now: at(0),
         },
         None,
     );
-    a.checks.get_mut("db").unwrap().latency_ms = Some(99.0);
+    a.dependencies[0].last.as_mut().unwrap().latency = Duration::from_millis(99);
     let second = desired(
         &Inputs {
             generation: Some(1),
-            report: Some(&a),
+            snapshot: Some(&a),
             invalid: None,
             now: at(5),
         },
@@ -245,7 +261,7 @@ fn latency_alone_is_not_a_transition() {
     let third = desired(
         &Inputs {
             generation: Some(2),
-            report: Some(&a),
+            snapshot: Some(&a),
             invalid: None,
             now: at(5),
         },

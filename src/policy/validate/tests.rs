@@ -1,4 +1,5 @@
 use super::*;
+use crate::policy::Target;
 
 struct Env(&'static [(&'static str, &'static str)]);
 

@@ -1,34 +1,54 @@
-use tokio::net::TcpStream;
-use tonic::transport::Channel;
-use tonic_health::pb::health_check_response::ServingStatus;
-use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+//! `type: http`: a GET whose status (and optionally body) is checked.
 
-use super::Observation;
+use super::{CheckBlock, Observation, Target, UrlField};
+use crate::api::HttpCheck;
 use crate::health::Reason;
-use crate::policy::HttpTarget;
+use crate::policy::validate::{Errors, parse_status_ranges};
+use crate::secret::SecretUrl;
 
 /// Enough of a health page to find a marker in, small enough that a huge body costs nothing.
 const MAX_BODY_BYTES: usize = 64 * 1024;
+const SCHEMES: &[&str] = &["http", "https"];
 
-pub struct TcpProbe {
-    address: String,
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct HttpTarget {
+    /// An HTTP URL may carry basic-auth credentials or a token in its query.
+    pub url: SecretUrl,
+    pub expect_status: Vec<(u16, u16)>,
+    pub body_contains: Option<String>,
 }
 
-impl TcpProbe {
-    pub fn new(address: String) -> Self {
-        Self { address }
+impl HttpTarget {
+    pub fn accepts(&self, status: u16) -> bool {
+        self.expect_status
+            .iter()
+            .any(|&(lo, hi)| (lo..=hi).contains(&status))
+    }
+}
+
+impl CheckBlock for HttpCheck {
+    fn url(&self) -> Option<UrlField<'_>> {
+        Some(UrlField {
+            inline: Some(&self.url),
+            from: None,
+            schemes: SCHEMES,
+        })
     }
 
-    pub async fn run(&self) -> Observation {
-        match TcpStream::connect(&self.address).await {
-            Ok(stream) => Observation::ok(
-                stream
-                    .peer_addr()
-                    .ok()
-                    .map(|peer| format!("connected to {peer}")),
-            ),
-            Err(e) => Observation::down(Reason::Connect, e.to_string()),
-        }
+    fn target(&self, url: Option<SecretUrl>, block: &str, errors: &mut Errors) -> Option<Target> {
+        let expect_status =
+            match parse_status_ranges(self.expect_status.as_deref().unwrap_or("200-299")) {
+                Ok(ranges) => ranges,
+                Err(e) => {
+                    errors.push(format!("{block}.expectStatus"), e);
+                    Vec::new()
+                }
+            };
+        Some(Target::Http(HttpTarget {
+            url: url?,
+            expect_status,
+            body_contains: self.body_contains.clone(),
+        }))
     }
 }
 
@@ -82,45 +102,6 @@ impl HttpProbe {
             }
         }
         Observation::ok(format!("status {status}"))
-    }
-}
-
-pub struct GrpcProbe {
-    channel: Result<Channel, String>,
-    service: String,
-}
-
-impl GrpcProbe {
-    pub fn new(channel: Result<Channel, String>, service: String) -> Self {
-        Self { channel, service }
-    }
-
-    pub async fn run(&self) -> Observation {
-        let channel = match &self.channel {
-            Ok(channel) => channel.clone(),
-            Err(e) => return Observation::down(Reason::Config, e.clone()),
-        };
-        let request = HealthCheckRequest {
-            service: self.service.clone(),
-        };
-        match HealthClient::new(channel).check(request).await {
-            Ok(response) => match response.into_inner().status() {
-                ServingStatus::Serving => Observation::ok("SERVING".to_string()),
-                other => Observation::down(
-                    Reason::NotServing,
-                    format!("health status {}", other.as_str_name()),
-                ),
-            },
-            Err(status) => {
-                let reason = match status.code() {
-                    tonic::Code::Unavailable => Reason::Connect,
-                    tonic::Code::DeadlineExceeded => Reason::Timeout,
-                    tonic::Code::NotFound => Reason::NotServing,
-                    _ => Reason::Error,
-                };
-                Observation::down(reason, format!("{}: {}", status.code(), status.message()))
-            }
-        }
     }
 }
 
