@@ -7,7 +7,7 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;
 use kube::runtime::reflector::{ObjectRef, Store};
 
-use crate::api::{HealthPolicy, HealthPolicySpec, SecretKeyRef, UrlFrom};
+use crate::api::{DependencyType, HealthPolicy, HealthPolicySpec, SecretKeyRef, UrlFrom};
 use crate::policy::UrlResolver;
 
 /// Resolves URLs for one policy: Secrets from its own namespace, env vars from this process.
@@ -47,17 +47,33 @@ impl SecretUrls<'_> {
     }
 }
 
-/// Every Secret a policy reads.
+/// Every Secret a policy reads: whatever each kind declares as its URL source.
 pub fn references(spec: &HealthPolicySpec) -> impl Iterator<Item = &SecretKeyRef> {
-    spec.dependencies.iter().filter_map(|dep| {
-        let from = dep
-            .postgres
-            .as_ref()
-            .and_then(|c| c.url_from.as_ref())
-            .or_else(|| dep.redis.as_ref().and_then(|c| c.url_from.as_ref()))
-            .or_else(|| dep.redis_queue.as_ref().and_then(|c| c.url_from.as_ref()))?;
-        from.secret_key_ref.as_ref()
+    spec.dependencies.iter().flat_map(|dep| {
+        DependencyType::ALL
+            .into_iter()
+            .filter_map(|kind| dep.block_of(kind)?.url()?.from?.secret_key_ref.as_ref())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_url_bearing_kind_is_followed() {
+        let spec: HealthPolicySpec = serde_saphyr::from_str(
+            "dependencies:\n\
+             - {name: a, type: postgres, postgres: {urlFrom: {secretKeyRef: {name: pg, key: url}}}}\n\
+             - {name: b, type: redis, redis: {urlFrom: {secretKeyRef: {name: rd, key: url}}}}\n\
+             - {name: c, type: redisQueue, redisQueue: {key: q, urlFrom: {secretKeyRef: {name: q, key: url}}}}\n\
+             - {name: d, type: redis, redis: {urlFrom: {env: REDIS_URL}}}\n\
+             - {name: e, type: tcp, tcp: {address: 'db:5432'}}\n",
+        )
+        .unwrap();
+        let names: Vec<&str> = references(&spec).map(|r| r.name.as_str()).collect();
+        assert_eq!(names, ["pg", "rd", "q"]);
+    }
 }
 
 /// The policies to reconcile when `secret` changes (or appears, or goes).
