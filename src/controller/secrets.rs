@@ -56,6 +56,22 @@ pub fn references(spec: &HealthPolicySpec) -> impl Iterator<Item = &SecretKeyRef
     })
 }
 
+/// The policies to reconcile when `secret` changes (or appears, or goes).
+pub fn policies_referencing(
+    policies: &Store<HealthPolicy>,
+    secret: &Secret,
+) -> Vec<ObjectRef<HealthPolicy>> {
+    let namespace = secret.namespace();
+    let name = secret.name_any();
+    policies
+        .state()
+        .iter()
+        .filter(|policy| policy.namespace() == namespace)
+        .filter(|policy| references(&policy.spec).any(|r| r.name == name))
+        .map(|policy| ObjectRef::from_obj(policy.as_ref()))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -74,20 +90,4 @@ mod tests {
         let names: Vec<&str> = references(&spec).map(|r| r.name.as_str()).collect();
         assert_eq!(names, ["pg", "rd", "q"]);
     }
-}
-
-/// The policies to reconcile when `secret` changes (or appears, or goes).
-pub fn policies_referencing(
-    policies: &Store<HealthPolicy>,
-    secret: &Secret,
-) -> Vec<ObjectRef<HealthPolicy>> {
-    let namespace = secret.namespace();
-    let name = secret.name_any();
-    policies
-        .state()
-        .iter()
-        .filter(|policy| policy.namespace() == namespace)
-        .filter(|policy| references(&policy.spec).any(|r| r.name == name))
-        .map(|policy| ObjectRef::from_obj(policy.as_ref()))
-        .collect()
 }
