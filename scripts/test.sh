@@ -12,8 +12,9 @@ step "observability tools: rotel, OTLP sink deps, @grafana/schema"
 scripts/install-test-tools.sh
 step "kube-apiserver, etcd, kubectl from the official Go modules (cached)"
 scripts/build-k8s.sh
-step "formatting"
+step "formatting and lints"
 cargo fmt --all -- --check
+cargo clippy --all-targets --locked -- -D warnings
 step "cargo test"
 cargo test --all-targets --no-fail-fast
 cargo test --doc

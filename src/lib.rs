@@ -3,6 +3,7 @@
 //! The crate is split the way the data flows: [`api`] (the CRD wire types) →
 //! [`policy`] (validated, defaulted domain model) → [`engine`] (background checkers writing a
 //! cache) → [`health`] (pure state machine and aggregation) → [`server`] (probes read the cache).
+#![forbid(unsafe_code)]
 
 pub mod api;
 

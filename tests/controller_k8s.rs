@@ -31,6 +31,7 @@ async fn policies_are_reconciled_into_checkers_with_status() {
     });
     assert_eq!(hg.get(&path).json()["checks"]["cache"]["status"], "ok");
     assert_eq!(hg.get("/ready").status, 200);
+    hg.assert_logs_are_json();
 
     // Status: conditions, observedGeneration, per-dependency list; kubectl wait works.
     let out = env.server.kubectl(&[

@@ -228,7 +228,8 @@ fn editing_the_policy_file_adds_and_removes_checkers_and_survives_a_broken_edit(
         .find(|l| l.contains("policy file reloaded"))
         .expect("reload logged");
     assert!(
-        reload_log.contains("redis-port") && reload_log.contains("\"stopped\":\"[]\""),
+        reload_log.contains("\"started\":[\"redis-port\"]")
+            && reload_log.contains("\"stopped\":[]"),
         "{reload_log}"
     );
 
@@ -257,6 +258,8 @@ fn editing_the_policy_file_adds_and_removes_checkers_and_survives_a_broken_edit(
     let ready = hg.get("/ready");
     assert_eq!(ready.status, 200);
     assert_eq!(ready.json()["checks"]["redis-port"]["status"], "ok");
+    // Start-up, reloads, a broken edit, checker starts and stops: all valid, strict JSON.
+    hg.assert_logs_are_json();
 }
 
 #[test]

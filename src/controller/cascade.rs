@@ -152,7 +152,8 @@ pub async fn run(client: Client, ctx: Arc<Context>, settings: Settings, cancel: 
         for key in ctx.engine.policies() {
             let deps = shared.get(&policy_id(&key)).cloned().unwrap_or_default();
             if !deps.is_empty() {
-                info!(policy = %key, dependencies = ?deps, replicas = peers.len() + 1, "down on every replica; cascade protection keeps this replica in rotation");
+                let dependencies: Vec<&String> = deps.iter().collect();
+                info!(policy = %key, ?dependencies, replicas = peers.len() + 1, "down on every replica; cascade protection keeps this replica in rotation");
             }
             ctx.engine.set_shared_outage(&key, deps);
         }

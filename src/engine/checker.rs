@@ -38,6 +38,28 @@ pub struct CheckRecord {
 
 pub type Slot = Arc<Mutex<Option<CheckRecord>>>;
 
+#[cfg(test)]
+impl CheckRecord {
+    /// A result just taken, for tests that feed the engine fixed results.
+    pub fn fixed(state: State) -> Self {
+        let (reason, error) = match state {
+            State::Down => (Reason::Connect, Some(Arc::from("connection refused"))),
+            State::Degraded => (Reason::Slow, None),
+            State::Ok | State::Unknown => (Reason::Ok, None),
+        };
+        Self {
+            state,
+            reason,
+            latency: Duration::from_micros(1500),
+            checked_at: Utc::now(),
+            checked_instant: Instant::now(),
+            detail: None,
+            error,
+            since: Utc::now(),
+        }
+    }
+}
+
 pub struct Checker {
     pub key: PolicyKey,
     pub spec: DependencySpec,
@@ -52,7 +74,7 @@ impl Checker {
     pub async fn run(self, cancel: CancellationToken) {
         let mut labels =
             CheckLabels::new(&self.key, &self.spec.name, self.spec.target.kind().as_str());
-        info!(policy = %self.key, dependency = %self.spec.name, target = %self.spec.target.describe(), "checker started");
+        info!(policy = %self.key, dependency = %self.spec.name, endpoint = %self.spec.target.describe(), "checker started");
         let mut hysteresis = Hysteresis::new(
             self.spec.schedule.failure_threshold,
             self.spec.schedule.success_threshold,

@@ -383,3 +383,39 @@ impl Engine {
         }
     }
 }
+
+#[cfg(test)]
+impl Engine {
+    /// Serves `policy` from fixed results instead of running checkers, so everything that reads
+    /// the engine (routes, status, cascade) can be tested in-process. Dependencies missing from
+    /// `results` stay never-checked.
+    pub(crate) fn serve_fixed(&self, key: &PolicyKey, policy: Policy, results: &[(&str, State)]) {
+        let mut policies = self.inner.policies.write().expect("engine lock");
+        let checks = policy
+            .dependencies
+            .iter()
+            .map(|spec| {
+                let record = results
+                    .iter()
+                    .find(|(name, _)| *name == spec.name)
+                    .map(|(_, state)| CheckRecord::fixed(*state));
+                let check = RunningCheck {
+                    spec: spec.clone(),
+                    slot: Arc::new(Mutex::new(record)),
+                    cancel: CancellationToken::new(),
+                    task: tokio::spawn(async {}),
+                };
+                (spec.name.clone(), check)
+            })
+            .collect();
+        policies.insert(
+            key.clone(),
+            RunningPolicy {
+                policy,
+                checks,
+                shared_outage: BTreeSet::new(),
+            },
+        );
+        self.inner.ready.invalidate();
+    }
+}

@@ -230,3 +230,6 @@ pub async fn serve(
         .run()
         .await;
 }
+
+#[cfg(test)]
+mod tests;

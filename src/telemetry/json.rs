@@ -1,8 +1,12 @@
 //! The JSON log line format: `timestamp`, `level`, `message`, the event's fields, `target`, and
-//! inside a span the OpenTelemetry `trace_id` and `span_id` of the innermost one.
+//! inside a span the OpenTelemetry `trace_id` and `span_id` of the innermost one. Every line is
+//! one JSON object with unique keys: an event field that would collide with one of those keys is
+//! written as `field.<name>`. A `?`-recorded field whose Debug text is a JSON array (a `Vec` of
+//! names, say) is written as that array, not as a string of it.
 //!
-//! A layer rather than a `fmt` formatter because the ids live in the OpenTelemetry layer's span
-//! data, reachable only through the dispatcher, which a layer is handed at registration.
+//! A layer rather than tracing-subscriber's `Json` formatter: the ids live in the OpenTelemetry
+//! layer's span data, reachable only through the dispatcher, which a layer is handed at
+//! registration; and that formatter writes every `?` field, lists included, as a string.
 
 use std::fmt;
 use std::io::Write;
@@ -54,7 +58,13 @@ where
         if let Some(message) = fields.message.take() {
             line.insert("message", message);
         }
-        line.0.extend(fields.values);
+        for (key, value) in fields.values {
+            if RESERVED.contains(&key.as_str()) {
+                line.0.push((format!("field.{key}"), value));
+            } else {
+                line.0.push((key, value));
+            }
+        }
         line.insert("target", meta.target().into());
         // The innermost span the event happened in, whatever this layer's filter says of it.
         let span = if event.is_contextual() {
@@ -78,6 +88,16 @@ where
         let _ = (self.writer)().write_all(&text);
     }
 }
+
+/// Keys the line itself writes; event fields never take them.
+const RESERVED: &[&str] = &[
+    "timestamp",
+    "level",
+    "message",
+    "target",
+    "trace_id",
+    "span_id",
+];
 
 /// The keys of one line in the order they are written: fixed ones first, then the event's.
 struct Line(Vec<(String, Value)>);
@@ -134,6 +154,95 @@ impl Visit for Fields {
         self.put(field, value.to_string().into());
     }
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        self.put(field, format!("{value:?}").into());
+        let text = format!("{value:?}");
+        let array = text
+            .starts_with('[')
+            .then(|| serde_json::from_str::<Value>(&text).ok())
+            .flatten()
+            .filter(Value::is_array);
+        self.put(field, array.unwrap_or_else(|| text.into()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use tracing_subscriber::layer::SubscriberExt;
+
+    use super::*;
+
+    fn capture(emit: impl FnOnce()) -> Vec<Value> {
+        static LINES: Mutex<Vec<u8>> = Mutex::new(Vec::new());
+        struct Sink;
+        impl Write for Sink {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                LINES.lock().unwrap().extend_from_slice(buf);
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let layer = JsonLayer {
+            dispatch: OnceLock::new(),
+            writer: || Box::new(Sink),
+        };
+        let subscriber = tracing_subscriber::registry().with(layer);
+        tracing::subscriber::with_default(subscriber, emit);
+        let text = std::mem::take(&mut *LINES.lock().unwrap());
+        String::from_utf8(text)
+            .unwrap()
+            .lines()
+            .map(|line| {
+                let keys = object_keys(line);
+                let mut unique = keys.clone();
+                unique.sort();
+                unique.dedup();
+                assert_eq!(keys.len(), unique.len(), "duplicate keys in {line}");
+                serde_json::from_str(line).unwrap()
+            })
+            .collect()
+    }
+
+    /// The top-level keys of a JSON object in order, duplicates kept (serde_json's map would
+    /// silently keep only the last).
+    fn object_keys(line: &str) -> Vec<String> {
+        struct Keys(Vec<String>);
+        impl<'de> serde::de::Visitor<'de> for Keys {
+            type Value = Vec<String>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("an object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                mut self,
+                mut map: A,
+            ) -> Result<Self::Value, A::Error> {
+                while let Some((key, _)) = map.next_entry::<String, serde::de::IgnoredAny>()? {
+                    self.0.push(key);
+                }
+                Ok(self.0)
+            }
+        }
+        use serde::Deserializer;
+        serde_json::Deserializer::from_str(line)
+            .deserialize_map(Keys(Vec::new()))
+            .unwrap_or_else(|e| panic!("not a JSON object: {e}: {line}"))
+    }
+
+    #[test]
+    fn lines_have_unique_keys_and_real_arrays() {
+        let started = vec!["cache".to_string(), "web".to_string()];
+        let lines = capture(|| {
+            tracing::info!(target = "redis://db:6379", started = ?started, "policy applied");
+            tracing::warn!(problems = ?vec!["a \"quoted\" \u{1b} problem"], "odd debug text");
+        });
+        assert_eq!(lines.len(), 2);
+        assert_eq!(lines[0]["target"], "healthgate::telemetry::json::tests");
+        assert_eq!(lines[0]["field.target"], "redis://db:6379");
+        assert_eq!(lines[0]["started"], serde_json::json!(["cache", "web"]));
+        assert_eq!(lines[0]["message"], "policy applied");
+        // Debug text that is not JSON stays a string rather than being mangled.
+        assert!(lines[1]["problems"].is_string(), "{}", lines[1]);
     }
 }

@@ -77,7 +77,10 @@ pub fn server() -> &'static ApiServer {
             // Statics are never dropped; stop the processes and remove the state directory when
             // the test binary exits normally. PDEATHSIG covers abnormal exits.
             // SAFETY: registering a plain `extern "C" fn` with no captured state.
-            unsafe { nix::libc::atexit(stop_shared_server) };
+            #[allow(unsafe_code)] // The harness sets PDEATHSIG in the child; see SAFETY above.
+            unsafe {
+                nix::libc::atexit(stop_shared_server)
+            };
         }
         started
     });
@@ -447,6 +450,7 @@ impl ApiServer {
         cmd.stdin(Stdio::null()).stdout(out).stderr(err);
         let parent = std::process::id();
         // SAFETY: the closure only makes async-signal-safe syscalls (prctl, getppid).
+        #[allow(unsafe_code)] // The harness sets PDEATHSIG in the child; see SAFETY above.
         unsafe {
             cmd.pre_exec(move || {
                 // Dies with the thread that spawned it (the keeper, which lives as long as the

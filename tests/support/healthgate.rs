@@ -82,6 +82,7 @@ impl Healthgate {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         // SAFETY: only async-signal-safe prctl between fork and exec.
+        #[allow(unsafe_code)] // The harness sets PDEATHSIG in the child; see SAFETY above.
         unsafe {
             cmd.pre_exec(|| {
                 nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from)
@@ -141,6 +142,34 @@ impl Healthgate {
 
     pub fn logs(&self) -> Vec<String> {
         self.logs.lock().unwrap().clone()
+    }
+
+    /// Every stderr line so far is one JSON object that `jq` parses, with unique keys (jq and
+    /// serde_json would both silently keep the last of two equal keys, so they are counted).
+    pub fn assert_logs_are_json(&self) {
+        let logs = self.logs();
+        assert!(!logs.is_empty(), "no log lines");
+        let input = logs.join("\n") + "\n";
+        let out = super::run_with_stdin(Command::new("jq").args(["-c", "type"]), Some(&input));
+        assert!(
+            out.status.success(),
+            "jq rejects the log: {}\n{input}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let types = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(
+            types.lines().count(),
+            logs.len(),
+            "jq saw other lines:\n{input}"
+        );
+        assert!(types.lines().all(|t| t == "\"object\""), "{types}");
+        for line in &logs {
+            let keys = object_keys(line);
+            let mut unique = keys.clone();
+            unique.sort();
+            unique.dedup();
+            assert_eq!(keys.len(), unique.len(), "duplicate keys in {line}");
+        }
     }
 
     pub fn try_get(&self, path: &str) -> std::io::Result<Reply> {
@@ -278,4 +307,27 @@ fn dechunk(mut body: &str) -> String {
         body = rest[size..].trim_start_matches("\r\n");
     }
     out
+}
+
+/// The top-level keys of a JSON object in order, duplicates kept.
+fn object_keys(line: &str) -> Vec<String> {
+    struct Keys;
+    impl<'de> serde::de::Visitor<'de> for Keys {
+        type Value = Vec<String>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("an object")
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(
+            self,
+            mut map: A,
+        ) -> Result<Vec<String>, A::Error> {
+            let mut keys = Vec::new();
+            while let Some((key, _)) = map.next_entry::<String, serde::de::IgnoredAny>()? {
+                keys.push(key);
+            }
+            Ok(keys)
+        }
+    }
+    serde::Deserializer::deserialize_map(&mut serde_json::Deserializer::from_str(line), Keys)
+        .unwrap_or_else(|e| panic!("not a JSON object ({e}): {line}"))
 }

@@ -66,6 +66,7 @@ fn server_user() -> Option<User> {
 fn own_process_group(cmd: &mut Command) {
     cmd.process_group(0);
     // SAFETY: only async-signal-safe prctl between fork and exec.
+    #[allow(unsafe_code)] // The harness sets PDEATHSIG in the child; see SAFETY above.
     unsafe {
         cmd.pre_exec(|| nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(io::Error::from));
     }

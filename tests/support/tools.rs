@@ -92,6 +92,7 @@ impl Daemon {
             .stderr(file)
             .process_group(0);
         // SAFETY: only async-signal-safe prctl between fork and exec.
+        #[allow(unsafe_code)] // The harness sets PDEATHSIG in the child; see SAFETY above.
         unsafe {
             cmd.pre_exec(|| {
                 nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from)

@@ -1,0 +1,180 @@
+//! Every route in-process with `warp::test`, against an engine fed fixed results: status codes,
+//! headers and bodies without a socket, a child process or a dependency. The black-box tests in
+//! tests/ prove the same server over real sockets.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use serde_json::Value;
+use warp::http::Response;
+use warp::hyper::body::Bytes;
+
+use super::*;
+use crate::engine::PolicyKey;
+use crate::health::State;
+use crate::standalone;
+
+const POLICY: &str = "apiVersion: healthgate.dev/v1alpha1
+kind: HealthPolicy
+metadata: {name: app}
+spec:
+  statusCodes: {degraded: 299}
+  dependencies:
+    - {name: db, type: tcp, tcp: {address: '127.0.0.1:5432'}}
+    - {name: search, type: tcp, critical: false, tcp: {address: '127.0.0.1:9200'}}
+";
+
+/// The routes over an engine serving [`POLICY`] with `db` and `search` in the given states.
+fn app(db: State, search: State, synced: bool) -> AppState {
+    let metrics = Arc::new(Metrics::new());
+    let engine = Engine::new(metrics.checks.clone());
+    let (key, policy) = standalone::parse(POLICY, Path::new("app.yaml")).expect("valid policy");
+    engine.serve_fixed(&key, policy, &[("db", db), ("search", search)]);
+    let synced = if synced {
+        Synced::open()
+    } else {
+        crate::first_sync::gate().1
+    };
+    AppState::new(engine, Users::new(None).unwrap(), metrics, synced)
+}
+
+async fn get(state: &AppState, method: &str, path: &str) -> Response<Bytes> {
+    warp::test::request()
+        .method(method)
+        .path(path)
+        .reply(&routes(state.clone()))
+        .await
+}
+
+fn json(response: &Response<Bytes>) -> Value {
+    serde_json::from_slice(response.body()).expect("a JSON body")
+}
+
+fn header<'a>(response: &'a Response<Bytes>, name: &str) -> &'a str {
+    response
+        .headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_else(|| panic!("no {name} header"))
+}
+
+#[tokio::test]
+async fn health_is_200_whatever_the_dependencies_say() {
+    let state = app(State::Down, State::Down, false);
+    let response = get(&state, "GET", "/health").await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(header(&response, "content-type"), "application/json");
+    assert_eq!(json(&response)["probe"], "liveness");
+    assert_eq!(get(&state, "HEAD", "/health").await.status(), 200);
+}
+
+#[tokio::test]
+async fn ready_answers_each_overall_state_with_its_code() {
+    // (db, search) → status code, overall status
+    let table = [
+        (State::Ok, State::Ok, 200, "ok"),
+        (State::Ok, State::Down, 299, "degraded"),
+        (State::Degraded, State::Ok, 299, "degraded"),
+        (State::Down, State::Ok, 503, "down"),
+        (State::Unknown, State::Ok, 503, "down"),
+    ];
+    for (db, search, code, status) in table {
+        let state = app(db, search, true);
+        let response = get(&state, "GET", "/ready").await;
+        assert_eq!(response.status(), code, "db={db:?} search={search:?}");
+        assert_eq!(header(&response, "content-type"), "application/json");
+        let body = json(&response);
+        assert_eq!(body["status"], status);
+        assert_eq!(body["checks"]["db"]["status"], db.as_str());
+        assert_eq!(body["checks"]["search"]["critical"], false);
+    }
+    let body = json(&get(&app(State::Down, State::Ok, true), "GET", "/ready").await);
+    assert_eq!(body["checks"]["db"]["reason"], "connect");
+    assert_eq!(body["checks"]["db"]["error"], "connection refused");
+}
+
+#[tokio::test]
+async fn ready_is_503_until_synced_and_while_draining() {
+    let starting = app(State::Ok, State::Ok, false);
+    let response = get(&starting, "GET", "/ready").await;
+    assert_eq!(response.status(), 503);
+    assert_eq!(json(&response)["starting"], true);
+
+    let draining = app(State::Ok, State::Ok, true);
+    draining.start_draining();
+    let response = get(&draining, "GET", "/ready").await;
+    assert_eq!(response.status(), 503);
+    let body = json(&response);
+    assert_eq!((body["status"].as_str(), body["draining"].as_bool()), (Some("down"), Some(true)));
+    assert_eq!(body["checks"]["db"]["status"], "ok", "the checks are still shown");
+    assert_eq!(get(&draining, "GET", "/health").await.status(), 200);
+}
+
+#[tokio::test]
+async fn ready_of_one_policy_and_of_several() {
+    let state = app(State::Ok, State::Ok, true);
+    let (_, policy) = standalone::parse(POLICY, Path::new("api.yaml")).unwrap();
+    let key = PolicyKey::new("team", "api");
+    state
+        .engine
+        .serve_fixed(&key, policy, &[("db", State::Down), ("search", State::Ok)]);
+
+    let one = get(&state, "GET", "/ready/team/api").await;
+    assert_eq!(one.status(), 503);
+    assert_eq!(json(&one)["checks"]["db"]["status"], "down");
+    let unknown = get(&state, "GET", "/ready/team/nope").await;
+    assert_eq!(unknown.status(), 404);
+    assert_eq!(json(&unknown)["error"], "no such policy");
+
+    // Several policies: names are qualified, and the worst policy decides.
+    let all = get(&state, "GET", "/ready").await;
+    assert_eq!(all.status(), 503);
+    let body = json(&all);
+    assert_eq!(body["checks"]["team/api/db"]["status"], "down");
+    assert_eq!(body["checks"]["/app/db"]["status"], "ok");
+}
+
+#[tokio::test]
+async fn metrics_are_prometheus_text_and_count_every_request() {
+    let state = app(State::Ok, State::Ok, true);
+    get(&state, "GET", "/ready").await;
+    get(&state, "GET", "/no/such/path").await;
+    let response = get(&state, "GET", "/metrics").await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        header(&response, "content-type"),
+        "text/plain; version=0.0.4; charset=utf-8"
+    );
+    let text = String::from_utf8_lossy(response.body());
+    for series in [
+        r#"http_requests_total{method="GET",route="/ready",status="200"} 1"#,
+        r#"http_requests_total{method="GET",route="unmatched",status="404"} 1"#,
+        r#"healthgate_policy_status{namespace="",policy="app",status="ok"} 1"#,
+    ] {
+        assert!(text.contains(series), "missing {series}:\n{text}");
+    }
+    assert!(!text.contains("/no/such/path"), "raw paths never become labels");
+}
+
+#[tokio::test]
+async fn users_without_a_database_and_bad_ids() {
+    let state = app(State::Ok, State::Ok, true);
+    let response = get(&state, "GET", "/api/users/alice").await;
+    assert_eq!(response.status(), 503);
+    assert_eq!(json(&response)["error"], "database unavailable");
+    let response = get(&state, "GET", "/api/users/bad%20id").await;
+    assert_eq!(response.status(), 400);
+}
+
+#[tokio::test]
+async fn unknown_paths_and_wrong_methods() {
+    let state = app(State::Ok, State::Ok, true);
+    let response = get(&state, "GET", "/nope").await;
+    assert_eq!(response.status(), 404);
+    assert_eq!(json(&response)["error"], "not found");
+    for path in ["/health", "/ready", "/metrics", "/api/users/alice"] {
+        let response = get(&state, "POST", path).await;
+        assert_eq!(response.status(), 405, "POST {path}");
+        assert_eq!(header(&response, "allow"), "GET, HEAD");
+    }
+}
