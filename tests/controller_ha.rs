@@ -8,9 +8,8 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 use support::apiserver::ApiServer;
 use support::healthgate::Healthgate;
-use support::kube_env::{
-    SETTLE, condition_status, env, env_on, inline_url, policy_yaml, redis_dep,
-};
+use support::kube_env::{SETTLE, condition_status, env, env_on};
+use support::policy;
 use support::services::Redis;
 
 /// The Lease lasts 10 s and is renewed 3 s before expiry; the issue asks for ~15 s.
@@ -27,7 +26,7 @@ async fn a_standby_takes_over_status_when_the_leader_dies() {
     let mut redis = Redis::start();
     let a = env.start("hg-a");
     let b = env.start("hg-b");
-    env.apply_ready("p", &redis_dep("cache", &inline_url(&redis.url())));
+    env.apply_ready("p", &policy::redis("cache", &policy::inline(&redis.url())));
     // Both replicas serve their own /ready; exactly one leads.
     let path = format!("/ready/{}/p", env.ns);
     for hg in [&a, &b] {
@@ -110,7 +109,7 @@ async fn checkers_outlive_the_api_server_and_status_catches_up() {
     let env = env_on(&server, "outage").await;
     let mut redis = Redis::start();
     let hg = env.start("hg-0");
-    env.apply_ready("p", &redis_dep("cache", &inline_url(&redis.url())));
+    env.apply_ready("p", &policy::redis("cache", &policy::inline(&redis.url())));
     let path = format!("/ready/{}/p", env.ns);
 
     server.stop_apiserver();
@@ -132,10 +131,10 @@ async fn checkers_outlive_the_api_server_and_status_catches_up() {
     assert_eq!(policy["status"]["dependencies"][0]["state"], "down");
     // The watch resumed: an edit made now reaches the checkers.
     redis.restart();
-    env.apply(&policy_yaml(
+    env.apply(&policy::fast(
         "p",
-        &(redis_dep("cache", &inline_url(&redis.url()))
-            + &redis_dep("cache2", &inline_url(&redis.url()))),
+        &(policy::redis("cache", &policy::inline(&redis.url()))
+            + &policy::redis("cache2", &policy::inline(&redis.url()))),
     ));
     hg.wait_until("edit after the outage applied", SETTLE, |hg| {
         hg.try_get(&path)
@@ -155,10 +154,10 @@ async fn cascade_protection_degrades_only_when_every_replica_sees_the_outage() {
     let mut redis = Redis::start();
     let closed = support::services::free_port();
     let dead_url = format!("redis://127.0.0.1:{closed}/0");
-    let deps = redis_dep("cache", "{urlFrom: {env: REDIS_URL}}");
+    let deps = policy::redis("cache", "{urlFrom: {env: REDIS_URL}}");
     // Three failures in a row: a check that is merely slow on a loaded machine is no outage.
     let policy = |name: &str| {
-        policy_yaml(name, &deps).replace("timeout: 500ms}", "timeout: 1s, failureThreshold: 3}")
+        policy::fast(name, &deps).replace("timeout: 500ms}", "timeout: 1s, failureThreshold: 3}")
     };
     env.apply(&format!(
         "{}  cascadeProtection: {{enabled: true}}\n",

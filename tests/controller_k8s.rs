@@ -6,9 +6,8 @@ mod support;
 
 use serde_json::{Value, json};
 use support::healthgate::Healthgate;
-use support::kube_env::{
-    SETTLE, checker_starts, condition_status, env, inline_url, policy_yaml, redis_dep,
-};
+use support::kube_env::{SETTLE, checker_starts, condition_status, env};
+use support::policy;
 use support::services::{Postgres, Redis};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -23,8 +22,8 @@ async fn policies_are_reconciled_into_checkers_with_status() {
     assert_eq!(unknown.status, 404);
     assert!(unknown.json()["error"].is_string());
 
-    let redis_url = inline_url(&redis.url());
-    env.apply(&policy_yaml("shop", &redis_dep("cache", &redis_url)));
+    let redis_url = policy::inline(&redis.url());
+    env.apply(&policy::fast("shop", &policy::redis("cache", &redis_url)));
     let path = format!("/ready/{}/shop", env.ns);
     hg.wait_until("policy served and ok", SETTLE, |hg| {
         hg.try_get(&path).is_ok_and(|r| r.status == 200)
@@ -102,12 +101,12 @@ async fn policies_are_reconciled_into_checkers_with_status() {
     );
 
     // Update: add a dependency. The unchanged one keeps its checker.
-    let deps = redis_dep("cache", &redis_url)
+    let deps = policy::redis("cache", &redis_url)
         + &format!(
             "    - {{name: db, type: postgres, postgres: {{url: \"{}\"}}}}\n",
             pg.url()
         );
-    env.apply(&policy_yaml("shop", &deps));
+    env.apply(&policy::fast("shop", &deps));
     hg.wait_until("postgres checked", SETTLE, |hg| {
         hg.try_get(&path)
             .is_ok_and(|r| r.status == 200 && r.json()["checks"]["db"]["status"] == "ok")
@@ -162,9 +161,9 @@ async fn a_rotated_secret_takes_effect_without_restart_and_never_leaks() {
     };
     env.apply(&secret(old_password));
     let hg = env.start("hg-0");
-    env.apply(&policy_yaml(
+    env.apply(&policy::fast(
         "shop",
-        &redis_dep(
+        &policy::redis(
             "cache",
             "{urlFrom: {secretKeyRef: {name: cache-creds, key: url}}}",
         ),
@@ -238,9 +237,9 @@ async fn an_invalid_edit_keeps_the_last_good_checkers_and_says_where() {
     let env = env("invalid").await;
     let redis = Redis::start();
     let hg = env.start("hg-0");
-    let redis_url = inline_url(&redis.url());
-    env.apply(&policy_yaml("good", &redis_dep("cache", &redis_url)));
-    env.apply(&policy_yaml("other", &redis_dep("cache", &redis_url)));
+    let redis_url = policy::inline(&redis.url());
+    env.apply(&policy::fast("good", &policy::redis("cache", &redis_url)));
+    env.apply(&policy::fast("other", &policy::redis("cache", &redis_url)));
     for name in ["good", "other"] {
         env.wait_policy(name, "Ready", |p| {
             condition_status(p, "Ready").as_deref() == Some("True")
@@ -248,9 +247,9 @@ async fn an_invalid_edit_keeps_the_last_good_checkers_and_says_where() {
     }
 
     // Passes the schema, fails validation: the Secret does not exist.
-    env.apply(&policy_yaml(
+    env.apply(&policy::fast(
         "good",
-        &redis_dep(
+        &policy::redis(
             "cache",
             "{urlFrom: {secretKeyRef: {name: missing, key: url}}}",
         ),
@@ -379,7 +378,7 @@ async fn the_role_is_sufficient_and_no_wider() {
     // And the controller itself runs with it: it reconciles, writes status and elects itself.
     let redis = Redis::start();
     let hg = env.start("hg-0");
-    env.apply_ready("p", &redis_dep("cache", &inline_url(&redis.url())));
+    env.apply_ready("p", &policy::redis("cache", &policy::inline(&redis.url())));
     assert_eq!(hg.metric("healthgate_leader"), Some(1.0));
     let forbidden = hg
         .logs()
@@ -542,9 +541,9 @@ async fn manifests_build_offline_and_apply() {
 async fn ready_waits_for_the_policies_to_load() {
     let env = env("startup").await;
     let closed = support::services::free_port();
-    env.apply(&policy_yaml(
+    env.apply(&policy::fast(
         "p",
-        &redis_dep(
+        &policy::redis(
             "cache",
             &format!("{{url: \"redis://127.0.0.1:{closed}/0\"}}"),
         ),
@@ -603,7 +602,11 @@ async fn all_namespaces_mode_serves_every_namespace_under_the_cluster_role() {
     // Other tests' policies live on this server too; the selector keeps this instance to ours.
     let label = format!("suite={}", env.ns);
     for ns in &teams {
-        let yaml = policy_yaml("api", &redis_dep("cache", &inline_url(&redis.url()))).replace(
+        let yaml = policy::fast(
+            "api",
+            &policy::redis("cache", &policy::inline(&redis.url())),
+        )
+        .replace(
             "metadata: {name: api}",
             &format!("metadata: {{name: api, labels: {{suite: {}}}}}", env.ns),
         );

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use support::healthgate::{Healthgate, http_get};
+use support::policy;
 use support::services::{Postgres, REPO, Redis};
 use support::tools::{
     Prometheus, ensure_tools, numeric_samples, panel_queries, promtool, substitute,
@@ -28,13 +29,18 @@ const POLICY: &str = "obs";
 /// TCP dependency is critical and nothing listens there, so /ready answers 503 and the
 /// dashboard's error panels have 5xx responses to show.
 fn policy() -> String {
-    "apiVersion: healthgate.dev/v1alpha1\nkind: HealthPolicy\nmetadata: {name: obs, namespace: shop}\nspec:\n  \
-     defaults: {interval: 300ms, timeout: 500ms}\n  dependencies:\n    \
-     - {name: postgres, type: postgres, postgres: {urlFrom: {env: PG_URL}}}\n    \
-     - {name: redis, type: redis, redis: {urlFrom: {env: REDIS_URL}}}\n    \
-     - {name: jobs, type: redisQueue, redisQueue: {urlFrom: {env: REDIS_URL}, key: jobs, degradedAbove: 5, downAbove: 10}}\n    \
-     - {name: nothing-listens, type: tcp, tcp: {address: \"127.0.0.1:1\"}}\n"
-        .to_string()
+    policy::document_in(
+        "shop",
+        "obs",
+        policy::FAST,
+        &(policy::postgres("postgres", &policy::env("PG_URL"))
+            + &policy::redis("redis", &policy::env("REDIS_URL"))
+            + &policy::dep(
+                "jobs",
+                "type: redisQueue, redisQueue: {urlFrom: {env: REDIS_URL}, key: jobs, degradedAbove: 5, downAbove: 10}",
+            )
+            + &policy::tcp("nothing-listens", "127.0.0.1:1", true)),
+    )
 }
 
 /// A healthgate with real dependencies that has served every route, so every family has series.

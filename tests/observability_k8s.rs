@@ -7,7 +7,8 @@ mod support;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::kube_env::{SETTLE, env, inline_url, policy_yaml, redis_dep};
+use support::kube_env::{SETTLE, env};
+use support::policy;
 use support::services::{REPO, Redis};
 use support::tools::{Prometheus, numeric_samples, panel_queries, substitute};
 
@@ -23,8 +24,8 @@ async fn controller_panels_show_a_kubernetes_mode_healthgate() {
     let env = env("dashboard").await;
     let redis = Redis::start();
     let hg = env.start("hg-0");
-    let redis_url = inline_url(&redis.url());
-    env.apply(&policy_yaml("shop", &redis_dep("cache", &redis_url)));
+    let redis_url = policy::inline(&redis.url());
+    env.apply(&policy::fast("shop", &policy::redis("cache", &redis_url)));
     hg.wait_until("the policy served", SETTLE, |hg| {
         hg.try_get(&format!("/ready/{}/shop", env.ns))
             .is_ok_and(|r| r.status == 200)

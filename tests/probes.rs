@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use nix::sys::signal::Signal;
 use support::healthgate::Healthgate;
+use support::policy;
 use support::services::{Postgres, Redis};
 
 const INTERVAL_MS: u64 = 300;
@@ -14,18 +15,19 @@ const TIMEOUT_MS: u64 = 500;
 const SLACK: Duration = Duration::from_millis(1500);
 
 fn policy(dependencies: &str, defaults: &str) -> String {
-    format!(
-        "apiVersion: healthgate.dev/v1alpha1\nkind: HealthPolicy\nmetadata: {{name: test}}\nspec:\n  \
-         defaults: {{interval: {INTERVAL_MS}ms, timeout: {TIMEOUT_MS}ms{defaults}}}\n  dependencies:\n{dependencies}"
+    policy::document(
+        "test",
+        &format!("interval: {INTERVAL_MS}ms, timeout: {TIMEOUT_MS}ms{defaults}"),
+        dependencies,
     )
 }
 
 fn pg_dep(name: &str) -> String {
-    format!("    - {{name: {name}, type: postgres, postgres: {{urlFrom: {{env: PG_URL}}}}}}\n")
+    policy::postgres(name, &policy::env("PG_URL"))
 }
 
 fn redis_dep(name: &str) -> String {
-    format!("    - {{name: {name}, type: redis, redis: {{urlFrom: {{env: REDIS_URL}}}}}}\n")
+    policy::redis(name, &policy::env("REDIS_URL"))
 }
 
 fn bound(failure_threshold: u64) -> Duration {

@@ -7,23 +7,19 @@ use std::process::Command;
 use std::time::Duration;
 
 use support::healthgate::{BIN, Healthgate, request};
+use support::policy;
 use support::services::{PG_PASSWORD, Postgres, Redis, free_port};
 
 fn policy(dependencies: &str) -> String {
-    format!(
-        "apiVersion: healthgate.dev/v1alpha1\nkind: HealthPolicy\nmetadata: {{name: app}}\nspec:\n  \
-         defaults: {{interval: 300ms, timeout: 500ms}}\n  dependencies:\n{dependencies}"
-    )
+    policy::fast("app", dependencies)
 }
 
 fn redis_dep(name: &str, url: &str) -> String {
-    format!("    - {{name: {name}, type: redis, redis: {{url: '{url}'}}}}\n")
+    policy::redis(name, &policy::inline(url))
 }
 
 fn tcp_dep(name: &str, port: u16, critical: bool) -> String {
-    format!(
-        "    - {{name: {name}, type: tcp, critical: {critical}, tcp: {{address: '127.0.0.1:{port}'}}}}\n"
-    )
+    policy::tcp(name, &format!("127.0.0.1:{port}"), critical)
 }
 
 #[test]

@@ -12,6 +12,7 @@ use std::time::Duration;
 use nix::sys::signal::Signal;
 use serde_json::Value;
 use support::healthgate::Healthgate;
+use support::policy;
 use support::services::{PG_PASSWORD, Postgres};
 use support::tools::Collector;
 
@@ -24,11 +25,13 @@ const STATUS_ERROR: u64 = 2;
 const WAIT: Duration = Duration::from_secs(20);
 
 fn policy() -> String {
-    "apiVersion: healthgate.dev/v1alpha1\nkind: HealthPolicy\nmetadata: {name: traced, namespace: shop}\nspec:\n  \
-     defaults: {interval: 300ms, timeout: 500ms}\n  dependencies:\n    \
-     - {name: postgres, type: postgres, postgres: {urlFrom: {env: PG_URL}}}\n    \
-     - {name: nothing-listens, type: tcp, tcp: {address: \"127.0.0.1:1\"}}\n"
-        .to_string()
+    policy::document_in(
+        "shop",
+        "traced",
+        policy::FAST,
+        &(policy::postgres("postgres", &policy::env("PG_URL"))
+            + &policy::tcp("nothing-listens", "127.0.0.1:1", true)),
+    )
 }
 
 /// A GET with extra headers over a fresh connection; returns the status code.

@@ -326,3 +326,6 @@ fn apis(client: &Client, scope: &Scope) -> (Api<HealthPolicy>, Api<Secret>) {
         ),
     }
 }
+
+#[cfg(test)]
+mod tests;

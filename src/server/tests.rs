@@ -105,8 +105,14 @@ async fn ready_is_503_until_synced_and_while_draining() {
     let response = get(&draining, "GET", "/ready").await;
     assert_eq!(response.status(), 503);
     let body = json(&response);
-    assert_eq!((body["status"].as_str(), body["draining"].as_bool()), (Some("down"), Some(true)));
-    assert_eq!(body["checks"]["db"]["status"], "ok", "the checks are still shown");
+    assert_eq!(
+        (body["status"].as_str(), body["draining"].as_bool()),
+        (Some("down"), Some(true))
+    );
+    assert_eq!(
+        body["checks"]["db"]["status"], "ok",
+        "the checks are still shown"
+    );
     assert_eq!(get(&draining, "GET", "/health").await.status(), 200);
 }
 
@@ -153,7 +159,10 @@ async fn metrics_are_prometheus_text_and_count_every_request() {
     ] {
         assert!(text.contains(series), "missing {series}:\n{text}");
     }
-    assert!(!text.contains("/no/such/path"), "raw paths never become labels");
+    assert!(
+        !text.contains("/no/such/path"),
+        "raw paths never become labels"
+    );
 }
 
 #[tokio::test]

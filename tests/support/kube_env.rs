@@ -99,7 +99,7 @@ impl Env<'_> {
 
     /// Applies a policy and waits until its Ready condition is True.
     pub fn apply_ready(&self, name: &str, dependencies: &str) -> Value {
-        self.apply(&policy_yaml(name, dependencies));
+        self.apply(&super::policy::fast(name, dependencies));
         self.wait_policy(name, "Ready", |p| {
             condition_status(p, "Ready").as_deref() == Some("True")
         })
@@ -142,21 +142,6 @@ impl Env<'_> {
 }
 
 /// The `{url: "…"}` block of a dependency whose URL is written inline.
-pub fn inline_url(url: &str) -> String {
-    format!("{{url: \"{url}\"}}")
-}
-
-pub fn redis_dep(name: &str, url_from: &str) -> String {
-    format!("    - {{name: {name}, type: redis, redis: {url_from}}}\n")
-}
-
-pub fn policy_yaml(name: &str, deps: &str) -> String {
-    format!(
-        "apiVersion: healthgate.dev/v1alpha1\nkind: HealthPolicy\nmetadata: {{name: {name}}}\nspec:\n  \
-         defaults: {{interval: 300ms, timeout: 500ms}}\n  dependencies:\n{deps}"
-    )
-}
-
 pub fn checker_starts(hg: &Healthgate, dependency: &str) -> usize {
     let needle = format!("\"dependency\":\"{dependency}\"");
     hg.logs()
