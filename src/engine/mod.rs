@@ -1,6 +1,8 @@
-//! Runs policies: one background checker per dependency, results in a shared cache that /ready
-//! reads without any I/O. `apply` is idempotent and level-triggered: it diffs the new policy
-//! against the running one and only starts, stops or restarts the checkers that changed.
+//! Runs policies: one background checker per dependency, results in a shared cache read without
+//! any I/O. `apply` is idempotent and level-triggered: it diffs the new policy against the running
+//! one and only starts, stops or restarts the checkers that changed. What the engine knows is read
+//! as a typed [`PolicySnapshot`]; every output (the /ready body, the CRD status, `check`) renders
+//! one, and cascade protection asks [`Engine::critical_down`].
 
 mod checker;
 mod metrics;
