@@ -83,6 +83,13 @@ pub struct KubeArgs {
     /// Name of the leader-election Lease; replicas with the same name share one leader.
     #[arg(long, env = "HEALTHGATE_LEASE_NAME", default_value = "healthgate")]
     pub lease_name: String,
+    /// Status writes plus Events per second this replica may send the API server (after the
+    /// burst); a flapping fleet coalesces into fewer writes instead of queueing them.
+    #[arg(long, env = "HEALTHGATE_API_WRITE_QPS", default_value_t = 10.0)]
+    pub api_write_qps: f64,
+    /// Writes allowed at once before the QPS limit applies.
+    #[arg(long, env = "HEALTHGATE_API_WRITE_BURST", default_value_t = 50)]
+    pub api_write_burst: u32,
 }
 
 #[derive(Debug, clap::Args)]

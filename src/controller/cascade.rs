@@ -300,6 +300,8 @@ mod tests {
             identity: "Pod_Name/1".into(),
             lease_namespace: "ns".into(),
             lease_name: "healthgate".into(),
+            write_qps: 10.0,
+            write_burst: 10,
         };
         assert_eq!(view_name(&settings), "healthgate-view-pod-name-1");
     }

@@ -1,11 +1,12 @@
 //! Events (events.k8s.io) are derived from status transitions, so they are emitted once per
-//! transition by the one replica that writes status: never per check, never per replica. The
-//! recorder also folds repeats of the same event into an EventSeries.
+//! transition by the one replica that writes status: never per check, never per replica.
+//! [`EventRecorder`] folds an exact repeat (same object, reason and note) into an EventSeries.
 
 use k8s_openapi::api::core::v1::ObjectReference;
-use kube::runtime::events::{Event, EventType, Recorder};
 use tracing::warn;
 
+use super::budget::WriteBudget;
+use super::recorder::EventRecorder;
 use super::status::{self, INVALID, READY};
 use crate::api::HealthPolicyStatus;
 use crate::health::{Reason, State};
@@ -97,20 +98,15 @@ fn dependency_transition(
     })
 }
 
-pub async fn publish(recorder: &Recorder, reference: &ObjectReference, planned: Vec<Planned>) {
+/// Publishes `planned` in order; a failure is logged and the rest still go out.
+pub async fn publish(
+    recorder: &mut EventRecorder,
+    budget: &WriteBudget,
+    reference: &ObjectReference,
+    planned: Vec<Planned>,
+) {
     for p in planned {
-        let event = Event {
-            type_: if p.warning {
-                EventType::Warning
-            } else {
-                EventType::Normal
-            },
-            reason: p.reason.to_string(),
-            note: Some(p.note),
-            action: "Check".to_string(),
-            secondary: None,
-        };
-        if let Err(e) = recorder.publish(&event, reference).await {
+        if let Err(e) = recorder.publish(budget, reference, &p).await {
             warn!(reason = p.reason, error = %e, "could not publish Event");
         }
     }

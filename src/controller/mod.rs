@@ -6,12 +6,14 @@
 //! Events, so N replicas do not fight over one status. Reconcile never blocks on a check: it
 //! validates, diffs and returns; status is computed from the engine's cache by a separate task.
 
+mod budget;
 mod cascade;
 mod events;
 mod leader;
 mod lifecycle;
 mod metrics;
 mod reconcile;
+mod recorder;
 mod secrets;
 pub mod status;
 mod writer;
@@ -101,6 +103,9 @@ pub struct Settings {
     /// Namespace of the leader Lease (the pod's own).
     pub lease_namespace: String,
     pub lease_name: String,
+    /// The write budget: status writes and Events per second, and the burst before it applies.
+    pub write_qps: f64,
+    pub write_burst: u32,
 }
 
 /// What reconcile learned about a policy, for the status writer.
@@ -161,6 +166,8 @@ pub async fn connect(args: KubeArgs) -> Result<(Client, Settings)> {
         pod_name,
         pod_namespace,
         lease_name,
+        api_write_qps,
+        api_write_burst,
     } = args;
     let config = kube::Config::infer()
         .await
@@ -196,6 +203,8 @@ pub async fn connect(args: KubeArgs) -> Result<(Client, Settings)> {
             identity,
             lease_namespace: own_namespace,
             lease_name,
+            write_qps: api_write_qps,
+            write_burst: api_write_burst,
         },
     ))
 }
@@ -277,7 +286,10 @@ pub async fn run(
         ctx.clone(),
         policy_store.clone(),
         leader,
-        settings.identity.clone(),
+        writer::Budget {
+            identity: settings.identity.clone(),
+            writes: budget::WriteBudget::new(settings.write_qps, settings.write_burst),
+        },
         cancel.clone(),
     ));
     tasks.spawn(cascade::run(

@@ -157,7 +157,10 @@ async fn the_leader_writes_status_and_one_event_per_transition() {
         ctx.clone(),
         store,
         leader,
-        "hg-0".into(),
+        writer::Budget {
+            identity: "hg-0".into(),
+            writes: budget::WriteBudget::new(10.0, 10),
+        },
         cancel.clone(),
     ));
 

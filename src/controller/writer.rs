@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use kube::api::{Patch, PatchParams};
-use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Client};
 use serde_json::json;
@@ -16,6 +15,8 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
+use super::budget::WriteBudget;
+use super::recorder::EventRecorder;
 use super::status::{self, Inputs};
 use super::{Context, FIELD_MANAGER, Observed, REPORTING_CONTROLLER, events};
 use crate::api::{HealthPolicy, HealthPolicyStatus};
@@ -54,21 +55,23 @@ impl Tracked {
     }
 }
 
+/// Who writes, and how fast it may.
+pub struct Budget {
+    /// The Events' `reportingInstance`.
+    pub identity: String,
+    pub writes: WriteBudget,
+}
+
 pub async fn run(
     client: Client,
     ctx: Arc<Context>,
     store: Store<HealthPolicy>,
     mut leader: watch::Receiver<bool>,
-    identity: String,
+    budget: Budget,
     cancel: CancellationToken,
 ) {
-    let recorder = Recorder::new(
-        client.clone(),
-        Reporter {
-            controller: REPORTING_CONTROLLER.into(),
-            instance: Some(identity),
-        },
-    );
+    let Budget { identity, writes } = budget;
+    let mut recorder = EventRecorder::new(client.clone(), REPORTING_CONTROLLER, &identity);
     let mut reconciled = ctx.observed.subscribe();
     let mut tracked: HashMap<PolicyKey, Tracked> = HashMap::new();
     loop {
@@ -127,6 +130,9 @@ pub async fn run(
             if !transition && !refresh {
                 continue;
             }
+            // Waiting here coalesces: the status written is the one computed above, and flaps
+            // during the wait show up as one transition on a later tick.
+            writes.acquire().await;
             let api: Api<HealthPolicy> = Api::namespaced(client.clone(), &key.namespace);
             let patch = json!({
                 "apiVersion": "healthgate.dev/v1alpha1",
@@ -147,7 +153,7 @@ pub async fn run(
                     entry.retry_at = None;
                     let planned = events::transitions(previous.as_ref(), &desired);
                     entry.written = Some((desired, Instant::now()));
-                    events::publish(&recorder, &obs.reference, planned).await;
+                    events::publish(&mut recorder, &writes, &obs.reference, planned).await;
                 }
                 Err(e) => {
                     warn!(policy = %key, error = %e, "could not write status; will retry");
