@@ -75,9 +75,10 @@ pub struct HealthPolicySpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status_codes: Option<StatusCodes>,
 
-    /// Readiness-cascade protection (opt-in): when a critical dependency is down for every
-    /// replica serving this policy at once, /ready answers degraded instead of down, so the
-    /// Service keeps its endpoints and can still serve what does not need that dependency.
+    /// Readiness-cascade protection (opt-in): when enough of the replicas serving this policy
+    /// see the same critical dependency down at once, /ready answers degraded instead of down
+    /// (for at most maxDuration), so the Service keeps its endpoints and can still serve what
+    /// does not need that dependency.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cascade_protection: Option<CascadeProtection>,
 
@@ -88,14 +89,30 @@ pub struct HealthPolicySpec {
 }
 
 /// Readiness-cascade protection. Replicas publish which critical dependencies they see down
-/// (one Lease per replica); a dependency down on every live replica stops counting as critical.
-/// A dependency down on only some replicas still takes those replicas out of rotation.
+/// (one Lease per replica, ignored once older than 10 s). A critical dependency that enough of
+/// the replicas serving this policy see down stops counting as critical, for at most
+/// maxDuration; one down on fewer replicas still takes those replicas out of rotation.
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CascadeProtection {
     /// Turns the protection on. Default false.
     #[serde(default)]
     pub enabled: bool,
+    /// Fewest replicas that must see the same critical dependency down before protection
+    /// engages; a replica alone is never protected with the default. Default 2.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub min_replicas: Option<i32>,
+    /// Share of the replicas currently serving this policy, in percent, that must see it down.
+    /// Default 100 (every replica).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100))]
+    pub quorum_percent: Option<i32>,
+    /// After protection has held a dependency this long, the fleet reports it down anyway: a
+    /// lasting outage must not be hidden. Default 10m, at most 24h.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = DURATION_PATTERN))]
+    pub max_duration: Option<String>,
 }
 
 /// Check settings shared by all dependencies of a policy.

@@ -197,7 +197,7 @@ async fn cascade_protection_degrades_only_when_every_replica_sees_the_outage() {
     let body = b.get(&protected).json();
     assert_eq!(body["status"], "degraded", "{body}");
     assert_eq!(body["checks"]["cache"]["status"], "down");
-    assert_eq!(body["checks"]["cache"]["cascade_protected"], true);
+    assert_eq!(body["checks"]["cache"]["protected"], true);
     // Opt-in: the policy without protection is down on both.
     assert_eq!(status(&a, &plain), 503);
     assert_eq!(status(&b, &plain), 503);

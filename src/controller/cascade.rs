@@ -1,6 +1,12 @@
 //! Readiness-cascade protection: replicas share, through the API server, which critical
-//! dependencies each one sees down, and a dependency down on every live replica stops counting
-//! as critical (for policies with `cascadeProtection.enabled`).
+//! dependencies each one sees down, and a dependency that enough live replicas see down stops
+//! counting as critical, for a bounded time (for policies with `cascadeProtection.enabled`).
+//!
+//! The rules (see [`CascadeRules`]): protection engages for a dependency when at least
+//! `minReplicas` replicas, and at least `quorumPercent` of the replicas currently serving the
+//! policy, see it down; a replica whose view has not been renewed within [`VIEW_TTL`] does not
+//! count. It holds for at most `maxDuration`; then the fleet reports the dependency down until it
+//! recovers, and a later outage starts a new hold.
 //!
 //! Why: a readiness probe that fails on every replica at once removes every endpoint of the
 //! Service, turning a partial outage (one database) into a total one (nothing is served, not even
@@ -31,6 +37,7 @@ use tracing::{info, warn};
 
 use super::{Context, FIELD_MANAGER, Settings};
 use crate::engine::PolicyKey;
+use crate::policy::CascadeRules;
 
 /// Label on view Leases; its value is the leader Lease name, which groups one deployment's replicas.
 pub const VIEW_LABEL: &str = "healthgate.dev/view-of";
@@ -51,24 +58,60 @@ const TICK: Duration = Duration::from_millis(500);
 /// For each protected policy a replica serves: the critical dependencies it sees down.
 pub type View = BTreeMap<String, BTreeSet<String>>;
 
-/// The dependencies of each policy that are down in `own` view and in every peer view that
-/// covers the same policy. Peers that do not serve a policy have no say about it.
-pub fn shared_outages(own: &View, peers: &[View]) -> View {
+/// The dependencies of each of `own`'s policies that enough replicas see down: this replica and
+/// every peer whose view covers the policy (peers that do not serve it have no say). Only
+/// dependencies down here can be shared: protection only ever keeps this replica in rotation.
+pub fn shared_outages(own: &View, peers: &[View], rules: &BTreeMap<String, CascadeRules>) -> View {
     own.iter()
-        .map(|(policy, down)| {
+        .filter_map(|(policy, down)| {
+            let rules = rules.get(policy)?;
+            let serving: Vec<&BTreeSet<String>> =
+                peers.iter().filter_map(|peer| peer.get(policy)).collect();
+            let replicas = serving.len() as u32 + 1;
             let shared = down
                 .iter()
                 .filter(|dep| {
-                    peers
-                        .iter()
-                        .filter_map(|peer| peer.get(policy))
-                        .all(|peer_down| peer_down.contains(*dep))
+                    let seen_down = 1 + serving.iter().filter(|p| p.contains(*dep)).count() as u32;
+                    rules.engages(seen_down, replicas)
                 })
                 .cloned()
                 .collect();
-            (policy.clone(), shared)
+            Some((policy.clone(), shared))
         })
         .collect()
+}
+
+/// Since when protection has held each dependency, so `maxDuration` can end it.
+#[derive(Debug, Default)]
+pub struct Holds(BTreeMap<(String, String), Instant>);
+
+impl Holds {
+    /// The shared outages still within their policy's `maxDuration`. A dependency that stops
+    /// being shared (it recovered, or fewer replicas see it) is forgotten, so a later outage
+    /// starts a new hold; one whose hold has run out stays excluded until then.
+    pub fn within_limit(
+        &mut self,
+        shared: View,
+        rules: &BTreeMap<String, CascadeRules>,
+        now: Instant,
+    ) -> View {
+        self.0
+            .retain(|(policy, dep), _| shared.get(policy).is_some_and(|deps| deps.contains(dep)));
+        shared
+            .into_iter()
+            .map(|(policy, deps)| {
+                let limit = rules.get(&policy).map(|r| r.max_duration);
+                let held = deps
+                    .into_iter()
+                    .filter(|dep| {
+                        let since = *self.0.entry((policy.clone(), dep.clone())).or_insert(now);
+                        limit.is_some_and(|limit| now.duration_since(since) < limit)
+                    })
+                    .collect();
+                (policy, held)
+            })
+            .collect()
+    }
 }
 
 fn policy_id(key: &PolicyKey) -> String {
@@ -106,11 +149,12 @@ pub async fn run(client: Client, ctx: Arc<Context>, settings: Settings, cancel: 
         writer,
         watcher(api.clone(), watcher::Config::default().labels(&selector)),
     )
-    .default_backoff()
+    .backoff(super::backoff::WatchBackoff::default())
     .boxed();
     let mut published: Option<(View, Instant)> = None;
     let mut watching_since: Option<Instant> = None;
     let mut views_listed = false;
+    let mut holds = Holds::default();
     loop {
         tokio::select! {
             _ = cancel.cancelled() => break,
@@ -126,7 +170,7 @@ pub async fn run(client: Client, ctx: Arc<Context>, settings: Settings, cancel: 
             }
             _ = tokio::time::sleep(TICK) => {}
         }
-        let own = own_view(&ctx);
+        let (own, rules) = own_view(&ctx);
         if own.is_empty() && published.is_none() {
             continue;
         }
@@ -145,17 +189,27 @@ pub async fn run(client: Client, ctx: Arc<Context>, settings: Settings, cancel: 
         // would read as "alone, so down everywhere": protect nothing yet.
         let settled = views_listed && watching.elapsed() >= PEER_DISCOVERY;
         let shared = if settled {
-            shared_outages(&own, &peers)
+            shared_outages(&own, &peers, &rules)
         } else {
             View::new()
         };
+        let held = holds.within_limit(shared.clone(), &rules, Instant::now());
         for key in ctx.engine.policies() {
-            let deps = shared.get(&policy_id(&key)).cloned().unwrap_or_default();
-            if !deps.is_empty() {
-                let dependencies: Vec<&String> = deps.iter().collect();
-                info!(policy = %key, ?dependencies, replicas = peers.len() + 1, "down on every replica; cascade protection keeps this replica in rotation");
+            let id = policy_id(&key);
+            let deps = held.get(&id).cloned().unwrap_or_default();
+            let expired: Vec<&String> = shared
+                .get(&id)
+                .map(|all| all.difference(&deps).collect())
+                .unwrap_or_default();
+            let dependencies: Vec<&String> = deps.iter().collect();
+            if ctx.engine.set_shared_outage(&key, deps.clone()) {
+                if !dependencies.is_empty() {
+                    info!(policy = %key, ?dependencies, replicas = peers.len() + 1, "down on enough replicas; cascade protection keeps this replica in rotation");
+                }
+                if !expired.is_empty() {
+                    warn!(policy = %key, dependencies = ?expired, "cascade protection reached maxDuration; reporting down");
+                }
             }
-            ctx.engine.set_shared_outage(&key, deps);
         }
     }
     // Expire our view at once, so peers do not wait out the TTL for a replica that has gone.
@@ -164,19 +218,24 @@ pub async fn run(client: Client, ctx: Arc<Context>, settings: Settings, cancel: 
     }
 }
 
-/// This replica's view from its engine: critical dependencies it sees down.
-fn own_view(ctx: &Context) -> View {
-    let protected: Vec<PolicyKey> = ctx
+/// This replica's view from its engine (critical dependencies it sees down, for each protected
+/// policy), and each protected policy's rules.
+fn own_view(ctx: &Context) -> (View, BTreeMap<String, CascadeRules>) {
+    let protected: Vec<(PolicyKey, CascadeRules)> = ctx
         .observed
         .borrow()
         .iter()
-        .filter(|(_, o)| o.applied.as_ref().is_some_and(|p| p.cascade_protection))
-        .map(|(k, _)| k.clone())
+        .filter_map(|(k, o)| Some((k.clone(), o.applied.as_ref()?.cascade_protection?)))
         .collect();
-    protected
-        .into_iter()
-        .filter_map(|key| Some((policy_id(&key), ctx.engine.critical_down(&key)?)))
-        .collect()
+    let mut view = View::new();
+    let mut rules = BTreeMap::new();
+    for (key, policy_rules) in protected {
+        if let Some(down) = ctx.engine.critical_down(&key) {
+            view.insert(policy_id(&key), down);
+            rules.insert(policy_id(&key), policy_rules);
+        }
+    }
+    (view, rules)
 }
 
 fn peer_views(store: &Store<Lease>, own_name: &str) -> Vec<View> {
@@ -239,57 +298,98 @@ mod tests {
             .collect()
     }
 
+    fn rules(min_replicas: u32, quorum_percent: u32) -> BTreeMap<String, CascadeRules> {
+        [(
+            "ns/p".to_string(),
+            CascadeRules {
+                min_replicas,
+                quorum_percent,
+                max_duration: Duration::from_secs(600),
+            },
+        )]
+        .into()
+    }
+
     #[test]
     fn shared_outage_table() {
-        type Row<'a> = (View, Vec<View>, View);
+        // (own, peers, minReplicas, quorumPercent) → shared
+        type Row<'a> = (View, Vec<View>, u32, u32, View);
+        let down = |deps: &[&str]| view(&[("ns/p", deps)]);
         let rows: Vec<Row> = vec![
-            // Alone: everything this replica sees down is down "everywhere".
-            (
-                view(&[("ns/p", &["db"])]),
-                vec![],
-                view(&[("ns/p", &["db"])]),
-            ),
+            // Alone: below minReplicas 2, so this replica goes down like any other.
+            (down(&["db"]), vec![], 2, 100, down(&[])),
+            // Alone with minReplicas 1 (an explicit opt-in): protected.
+            (down(&["db"]), vec![], 1, 100, down(&["db"])),
             // Down on both.
-            (
-                view(&[("ns/p", &["db"])]),
-                vec![view(&[("ns/p", &["db"])])],
-                view(&[("ns/p", &["db"])]),
-            ),
+            (down(&["db"]), vec![down(&["db"])], 2, 100, down(&["db"])),
             // A peer sees it up: this replica alone is the problem.
+            (down(&["db"]), vec![down(&[])], 2, 100, down(&[])),
+            // Three replicas, two see it down: not all (100 %), but two thirds (60 %) is enough.
             (
-                view(&[("ns/p", &["db"])]),
-                vec![view(&[("ns/p", &[])])],
-                view(&[("ns/p", &[])]),
+                down(&["db"]),
+                vec![down(&["db"]), down(&[])],
+                2,
+                100,
+                down(&[]),
+            ),
+            (
+                down(&["db"]),
+                vec![down(&["db"]), down(&[])],
+                2,
+                60,
+                down(&["db"]),
             ),
             // Only the dependency down on all counts.
             (
-                view(&[("ns/p", &["db", "cache"])]),
-                vec![
-                    view(&[("ns/p", &["db"])]),
-                    view(&[("ns/p", &["db", "cache"])]),
-                ],
-                view(&[("ns/p", &["db"])]),
+                down(&["db", "cache"]),
+                vec![down(&["db"]), down(&["db", "cache"])],
+                2,
+                100,
+                down(&["db"]),
             ),
-            // A peer serving other policies has no say about this one.
+            // A peer serving other policies has no say about this one (and does not count).
             (
-                view(&[("ns/p", &["db"])]),
+                down(&["db"]),
                 vec![view(&[("ns/q", &[])])],
-                view(&[("ns/p", &["db"])]),
+                1,
+                100,
+                down(&["db"]),
+            ),
+            (
+                down(&["db"]),
+                vec![view(&[("ns/q", &[])])],
+                2,
+                100,
+                down(&[]),
             ),
             // Nothing down here: nothing shared, whatever peers see.
-            (
-                view(&[("ns/p", &[])]),
-                vec![view(&[("ns/p", &["db"])])],
-                view(&[("ns/p", &[])]),
-            ),
+            (down(&[]), vec![down(&["db"])], 2, 100, down(&[])),
         ];
-        for (own, peers, expected) in rows {
+        for (own, peers, min, quorum, expected) in rows {
             assert_eq!(
-                shared_outages(&own, &peers),
+                shared_outages(&own, &peers, &rules(min, quorum)),
                 expected,
-                "{own:?} with {peers:?}"
+                "{own:?} with {peers:?}, min {min}, quorum {quorum}"
             );
         }
+    }
+
+    #[test]
+    fn holds_end_after_max_duration_and_rearm_after_recovery() {
+        let rules = rules(2, 100);
+        let start = Instant::now();
+        let at = |secs: u64| start + Duration::from_secs(secs);
+        let shared = view(&[("ns/p", &["db"])]);
+        let mut holds = Holds::default();
+        assert_eq!(holds.within_limit(shared.clone(), &rules, at(0)), shared);
+        assert_eq!(holds.within_limit(shared.clone(), &rules, at(599)), shared);
+        // maxDuration reached: reported down while the outage lasts.
+        let none = view(&[("ns/p", &[])]);
+        assert_eq!(holds.within_limit(shared.clone(), &rules, at(600)), none);
+        assert_eq!(holds.within_limit(shared.clone(), &rules, at(900)), none);
+        // The dependency recovers; the next outage is held afresh.
+        assert_eq!(holds.within_limit(none.clone(), &rules, at(901)), none);
+        assert_eq!(holds.within_limit(shared.clone(), &rules, at(902)), shared);
     }
 
     #[test]

@@ -7,7 +7,7 @@ use tracing::warn;
 
 use super::budget::WriteBudget;
 use super::recorder::EventRecorder;
-use super::status::{self, INVALID, READY};
+use super::status::{self, CASCADE_PROTECTED, INVALID, READY};
 use crate::api::HealthPolicyStatus;
 use crate::health::{Reason, State};
 
@@ -54,6 +54,27 @@ pub fn transitions(
         if let Some(planned) = dependency_transition(&dep.name, before, dep.state, dep.reason) {
             out.push(planned);
         }
+    }
+    // Protection engaging or letting go: both are news for whoever watches the fleet.
+    let was_protected = previous.and_then(|p| status::is_true(p, CASCADE_PROTECTED));
+    if let (Some(now), Some(is_protected)) = (
+        status::find(next, CASCADE_PROTECTED),
+        status::is_true(next, CASCADE_PROTECTED),
+    ) && was_protected.unwrap_or(false) != is_protected
+    {
+        out.push(if is_protected {
+            Planned {
+                warning: true,
+                reason: "CascadeProtectionEngaged",
+                note: now.message.clone(),
+            }
+        } else {
+            Planned {
+                warning: false,
+                reason: "CascadeProtectionReleased",
+                note: "no critical dependency is held any more".into(),
+            }
+        });
     }
     let was_ready = previous.and_then(|p| status::is_true(p, READY));
     if let (Some(ready), Some(is_ready)) = (status::find(next, READY), status::is_true(next, READY))

@@ -89,7 +89,7 @@ fn released(client: Client, namespace: &str, name: &str) -> BoxStream<'static, (
         api,
         watcher::Config::default().fields(&format!("metadata.name={name}")),
     )
-    .default_backoff()
+    .backoff(super::backoff::WatchBackoff::default())
     .applied_objects()
     .filter_map(|lease| {
         let free = lease.ok().is_some_and(|lease| {

@@ -6,6 +6,7 @@
 //! Events, so N replicas do not fight over one status. Reconcile never blocks on a check: it
 //! validates, diffs and returns; status is computed from the engine's cache by a separate task.
 
+mod backoff;
 mod budget;
 mod cascade;
 mod events;
@@ -239,7 +240,6 @@ pub async fn run(
         secret_writer,
         watcher(secrets_api, watcher::Config::default()),
     )
-    .default_backoff()
     .inspect(move |event| {
         if let Ok(watcher::Event::InitDone) = event {
             secrets_listed.send_replace(true);
@@ -258,14 +258,15 @@ pub async fn run(
     let (policy_store, policy_writer) = reflector::store();
     let (mut lifecycle, first_list) = lifecycle::Lifecycle::new(ctx.clone());
     let policy_stream = reflector::reflector(policy_writer, watcher(policies, policy_watch))
-        .default_backoff()
         .inspect(move |event| {
             if let Ok(event) = event {
                 lifecycle.on_event(event);
             }
         })
         .applied_objects();
-    let controller = Controller::for_stream(policy_stream, policy_store.clone());
+    // Both trigger streams (policies and Secrets) retry with the controller's backoff.
+    let controller = Controller::for_stream(policy_stream, policy_store.clone())
+        .trigger_backoff(backoff::WatchBackoff::default());
 
     let leader = leader::spawn(
         &tasks,

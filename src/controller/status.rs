@@ -15,6 +15,7 @@ use crate::policy::FieldError;
 pub const READY: &str = "Ready";
 pub const DEGRADED: &str = "Degraded";
 pub const INVALID: &str = "Invalid";
+pub const CASCADE_PROTECTED: &str = "CascadeProtected";
 
 /// Longer messages are cut: a condition message is for humans, and etcd objects have a size cap.
 const MAX_MESSAGE: usize = 1024;
@@ -57,6 +58,27 @@ pub fn desired(inputs: &Inputs, previous: Option<&HealthPolicyStatus>) -> Health
         None => (false, "Valid", "spec is valid".to_string()),
     };
     conditions.push(condition(INVALID, invalid, invalid_reason, invalid_message));
+    if let Some(snapshot) = inputs.snapshot.filter(|s| s.cascade_protection) {
+        let held: Vec<&str> = snapshot.protected().map(|d| d.name.as_str()).collect();
+        conditions.push(if held.is_empty() {
+            condition(
+                CASCADE_PROTECTED,
+                false,
+                "NotEngaged",
+                "no critical dependency is held".into(),
+            )
+        } else {
+            condition(
+                CASCADE_PROTECTED,
+                true,
+                "SharedOutage",
+                truncate(format!(
+                    "down on enough replicas, counted as non-critical until spec.cascadeProtection.maxDuration: {}",
+                    held.join(", ")
+                )),
+            )
+        });
+    }
     for c in &mut conditions {
         c.observed_generation = generation;
         c.last_transition_time = previous

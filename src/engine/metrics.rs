@@ -28,6 +28,7 @@ pub struct CheckMetrics {
     policy_status: IntGaugeVec,
     queue_depth: IntGaugeVec,
     check_last_run: IntGaugeVec,
+    cascade_active: IntGaugeVec,
 }
 
 /// The label values of one checker, fixed for its life.
@@ -117,6 +118,11 @@ impl CheckMetrics {
                 "Unix time at which the dependency's last check finished, in seconds.",
                 DEPENDENCY_LABELS,
             ),
+            cascade_active: gauge(
+                "healthgate_cascade_protection_active",
+                "1 while cascade protection holds this critical dependency (down on enough replicas, counted as non-critical), else 0. Only for policies with cascadeProtection enabled.",
+                DEPENDENCY_LABELS,
+            ),
         }
     }
 
@@ -173,6 +179,7 @@ impl CheckMetrics {
         let _ = self.dependency_up.remove_label_values(&dependency);
         let _ = self.check_last_run.remove_label_values(&dependency);
         let _ = self.queue_depth.remove_label_values(&dependency);
+        let _ = self.cascade_active.remove_label_values(&dependency);
         for state in State::ALL {
             let _ = self
                 .dependency_state
@@ -186,6 +193,13 @@ impl CheckMetrics {
                 .with_label_values(&[&key.namespace, &key.name, candidate.as_str()])
                 .set(i64::from(candidate == status));
         }
+    }
+
+    /// Written on each scrape from the snapshot; removed with the checker's other series.
+    pub fn set_protection(&self, key: &PolicyKey, dependency: &str, active: bool) {
+        self.cascade_active
+            .with_label_values(&[&key.namespace, &key.name, dependency])
+            .set(i64::from(active));
     }
 
     pub fn remove_policy(&self, key: &PolicyKey) {

@@ -106,7 +106,7 @@ impl RunningPolicy {
             .map(|(name, check)| {
                 let last = check.slot.lock().expect("check slot lock").clone();
                 let state = self.effective(last.as_ref(), now);
-                let protected = self.policy.cascade_protection
+                let protected = self.policy.cascade_protection.is_some()
                     && check.spec.critical
                     && state == State::Down
                     && self.shared_outage.contains(name);
@@ -126,6 +126,7 @@ impl RunningPolicy {
                     .map(|d| (d.counts_as_critical(), d.state)),
             ),
             codes: self.policy.status_codes,
+            cascade_protection: self.policy.cascade_protection.is_some(),
             dependencies,
         }
     }
@@ -216,19 +217,17 @@ impl Engine {
         changes
     }
 
-    /// Records which dependencies of `key` are down on every replica. With cascade protection
-    /// on, those stop counting as critical while they are down here too. False if not running.
+    /// Records which dependencies of `key` cascade protection holds (down on enough replicas):
+    /// while they are down here too, they stop counting as critical. True if that changed.
     pub fn set_shared_outage(&self, key: &PolicyKey, dependencies: BTreeSet<String>) -> bool {
         let mut policies = self.inner.policies.write().expect("engine lock");
         match policies.get_mut(key) {
-            Some(running) => {
-                if running.shared_outage != dependencies {
-                    running.shared_outage = dependencies;
-                    self.inner.ready.invalidate();
-                }
+            Some(running) if running.shared_outage != dependencies => {
+                running.shared_outage = dependencies;
+                self.inner.ready.invalidate();
                 true
             }
-            None => false,
+            _ => false,
         }
     }
 
@@ -337,9 +336,14 @@ impl Engine {
         let policies = self.inner.policies.read().expect("engine lock");
         let now = Instant::now();
         for (key, running) in policies.iter() {
-            self.inner
-                .metrics
-                .set_policy_status(key, running.snapshot(now).overall);
+            let snapshot = running.snapshot(now);
+            let metrics = &self.inner.metrics;
+            metrics.set_policy_status(key, snapshot.overall);
+            if snapshot.cascade_protection {
+                for dep in snapshot.dependencies.iter().filter(|d| d.critical) {
+                    metrics.set_protection(key, &dep.name, dep.protected);
+                }
+            }
         }
     }
 

@@ -34,9 +34,9 @@ pub struct CheckView {
     pub detail: Option<Arc<str>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<Arc<str>>,
-    /// Down, but down on every replica: counted as non-critical (readiness-cascade protection).
+    /// Down, but held by cascade protection (down on enough replicas): counted as non-critical.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
-    pub cascade_protected: bool,
+    pub protected: bool,
 }
 
 impl Report {
@@ -59,7 +59,7 @@ impl Report {
                     reason: last.map(|r| r.reason),
                     detail: last.and_then(|r| r.detail.clone()),
                     error: last.and_then(|r| r.error.clone()),
-                    cascade_protected: d.protected,
+                    protected: d.protected,
                 };
                 (d.name.clone(), view)
             })

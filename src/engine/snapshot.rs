@@ -36,12 +36,19 @@ impl DependencyView {
 pub struct PolicySnapshot {
     pub overall: Overall,
     pub codes: StatusCodes,
+    /// Whether the policy has cascade protection enabled.
+    pub cascade_protection: bool,
     pub dependencies: Vec<DependencyView>,
 }
 
 impl PolicySnapshot {
     pub fn status_code(&self) -> u16 {
         self.codes.for_overall(self.overall)
+    }
+
+    /// The dependencies cascade protection holds right now.
+    pub fn protected(&self) -> impl Iterator<Item = &DependencyView> {
+        self.dependencies.iter().filter(|d| d.protected)
     }
 
     pub fn dependency(&self, name: &str) -> Option<&DependencyView> {

@@ -18,9 +18,29 @@ pub struct Policy {
     pub max_staleness: Duration,
     pub status_codes: StatusCodes,
     pub dependencies: Vec<DependencySpec>,
-    /// spec.cascadeProtection.enabled: a critical dependency down on every replica degrades
-    /// instead of downing (see `Engine::set_shared_outage`).
-    pub cascade_protection: bool,
+    /// spec.cascadeProtection when enabled: a critical dependency down on enough replicas
+    /// degrades instead of downing (see `Engine::set_shared_outage`).
+    pub cascade_protection: Option<CascadeRules>,
+}
+
+/// When cascade protection engages, and for how long.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CascadeRules {
+    pub min_replicas: u32,
+    pub quorum_percent: u32,
+    pub max_duration: Duration,
+}
+
+impl CascadeRules {
+    pub const DEFAULT_MIN_REPLICAS: u32 = 2;
+    pub const DEFAULT_QUORUM_PERCENT: u32 = 100;
+    pub const DEFAULT_MAX_DURATION: Duration = Duration::from_secs(600);
+    pub const LONGEST_MAX_DURATION: Duration = Duration::from_secs(24 * 3600);
+
+    /// Whether `down` of the `serving` replicas seeing a dependency down is enough.
+    pub fn engages(&self, down: u32, serving: u32) -> bool {
+        down >= self.min_replicas && down * 100 >= self.quorum_percent * serving
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

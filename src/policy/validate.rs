@@ -8,8 +8,8 @@ use std::fmt;
 use std::time::Duration;
 
 use super::{
-    DEFAULT_INTERVAL, DEFAULT_MAX_STALENESS, DEFAULT_TIMEOUT, DependencySpec, Policy, Schedule,
-    StatusCodes, duration,
+    CascadeRules, DEFAULT_INTERVAL, DEFAULT_MAX_STALENESS, DEFAULT_TIMEOUT, DependencySpec, Policy,
+    Schedule, StatusCodes, duration,
 };
 use crate::api::{
     CheckDefaults, Dependency, DependencyType, HealthPolicySpec, MAX_DEPENDENCIES, UrlFrom,
@@ -121,16 +121,57 @@ pub fn validate(
         },
     };
 
+    let cascade_protection = cascade_rules(spec, &mut errors);
+
     if errors.0.is_empty() {
         Ok(Policy {
             max_staleness,
             status_codes,
             dependencies,
-            cascade_protection: spec.cascade_protection.as_ref().is_some_and(|c| c.enabled),
+            cascade_protection,
         })
     } else {
         Err(errors.0)
     }
+}
+
+fn cascade_rules(spec: &HealthPolicySpec, errors: &mut Errors) -> Option<CascadeRules> {
+    let protection = spec.cascade_protection.as_ref().filter(|c| c.enabled)?;
+    let path = "spec.cascadeProtection";
+    let mut rules = CascadeRules {
+        min_replicas: CascadeRules::DEFAULT_MIN_REPLICAS,
+        quorum_percent: CascadeRules::DEFAULT_QUORUM_PERCENT,
+        max_duration: CascadeRules::DEFAULT_MAX_DURATION,
+    };
+    match protection.min_replicas {
+        Some(n) if (1..=1000).contains(&n) => rules.min_replicas = n as u32,
+        Some(n) => errors.push(
+            format!("{path}.minReplicas"),
+            format!("{n} is out of range 1-1000"),
+        ),
+        None => {}
+    }
+    match protection.quorum_percent {
+        Some(p) if (1..=100).contains(&p) => rules.quorum_percent = p as u32,
+        Some(p) => errors.push(
+            format!("{path}.quorumPercent"),
+            format!("{p} is out of range 1-100"),
+        ),
+        None => {}
+    }
+    if let Some(text) = &protection.max_duration {
+        match duration::parse(text) {
+            Ok(d) if d >= Duration::from_secs(1) && d <= CascadeRules::LONGEST_MAX_DURATION => {
+                rules.max_duration = d
+            }
+            Ok(_) => errors.push(
+                format!("{path}.maxDuration"),
+                format!("{text} must be between 1s and 24h"),
+            ),
+            Err(e) => errors.push(format!("{path}.maxDuration"), e),
+        }
+    }
+    Some(rules)
 }
 
 /// The values under every policy's `defaults`.

@@ -141,7 +141,7 @@ impl Env<'_> {
     }
 }
 
-/// The `{url: "…"}` block of a dependency whose URL is written inline.
+/// How many times the checker of `dependency` has started, from the log.
 pub fn checker_starts(hg: &Healthgate, dependency: &str) -> usize {
     let needle = format!("\"dependency\":\"{dependency}\"");
     hg.logs()

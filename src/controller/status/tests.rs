@@ -34,6 +34,7 @@ fn snapshot(checks: &[(&str, bool, State)]) -> PolicySnapshot {
     PolicySnapshot {
         overall: aggregate(checks.iter().map(|(_, c, s)| (*c, *s))),
         codes: StatusCodes::default(),
+        cascade_protection: false,
         dependencies,
     }
 }
@@ -275,4 +276,32 @@ fn long_messages_are_cut_on_a_char_boundary() {
     let long = "é".repeat(2000);
     let cut = truncate(long);
     assert!(cut.len() <= MAX_MESSAGE && cut.ends_with("..."));
+}
+
+#[test]
+fn cascade_protected_names_the_held_dependencies() {
+    let mut held = snapshot(&[("db", true, State::Down), ("cache", true, State::Ok)]);
+    let inputs = |s: &PolicySnapshot| {
+        desired(
+            &Inputs {
+                generation: Some(1),
+                snapshot: Some(s),
+                invalid: None,
+                now: at(0),
+            },
+            None,
+        )
+    };
+    // Without protection enabled there is no such condition.
+    assert!(find(&inputs(&held), CASCADE_PROTECTED).is_none());
+    held.cascade_protection = true;
+    assert_eq!(cond(&inputs(&held), CASCADE_PROTECTED).0, "False");
+    held.dependencies[0].protected = true;
+    let status = inputs(&held);
+    let condition = find(&status, CASCADE_PROTECTED).unwrap();
+    assert_eq!(
+        (condition.status.as_str(), condition.reason.as_str()),
+        ("True", "SharedOutage")
+    );
+    assert!(condition.message.ends_with(": db"), "{}", condition.message);
 }
