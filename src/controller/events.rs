@@ -119,18 +119,22 @@ fn dependency_transition(
     })
 }
 
-/// Publishes `planned` in order; a failure is logged and the rest still go out.
+/// Publishes `planned` in order; a failure is logged and the rest still go out. Returns how
+/// many were written.
 pub async fn publish(
     recorder: &mut EventRecorder,
     budget: &WriteBudget,
     reference: &ObjectReference,
     planned: Vec<Planned>,
-) {
+) -> u64 {
+    let mut written = 0;
     for p in planned {
-        if let Err(e) = recorder.publish(budget, reference, &p).await {
-            warn!(reason = p.reason, error = %e, "could not publish Event");
+        match recorder.publish(budget, reference, &p).await {
+            Ok(()) => written += 1,
+            Err(e) => warn!(reason = p.reason, error = %e, "could not publish Event"),
         }
     }
+    written
 }
 
 #[cfg(test)]

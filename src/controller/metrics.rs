@@ -14,6 +14,7 @@ pub struct ControllerMetrics {
     reconcile_errors: IntCounterVec,
     pub leader: IntGauge,
     pub status_writes: IntCounter,
+    pub events: IntCounter,
 }
 
 impl ControllerMetrics {
@@ -58,6 +59,14 @@ impl ControllerMetrics {
                 IntCounter::new(
                     "healthgate_status_writes_total",
                     "HealthPolicy status updates written to the Kubernetes API.",
+                )
+                .expect("valid metric"),
+            ),
+            events: registered(
+                registry,
+                IntCounter::new(
+                    "healthgate_events_total",
+                    "Events written to the Kubernetes API (a new Event or a raised series count).",
                 )
                 .expect("valid metric"),
             ),

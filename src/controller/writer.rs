@@ -153,7 +153,9 @@ pub async fn run(
                     entry.retry_at = None;
                     let planned = events::transitions(previous.as_ref(), &desired);
                     entry.written = Some((desired, Instant::now()));
-                    events::publish(&mut recorder, &writes, &obs.reference, planned).await;
+                    let published =
+                        events::publish(&mut recorder, &writes, &obs.reference, planned).await;
+                    ctx.metrics.events.inc_by(published);
                 }
                 Err(e) => {
                     warn!(policy = %key, error = %e, "could not write status; will retry");
