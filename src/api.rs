@@ -15,6 +15,13 @@ use crate::health::{Reason, State};
 
 /// Durations are written the way Kubernetes users write them: `250ms`, `5s`, `1m30s`, `1h`.
 pub const DURATION_PATTERN: &str = r"^([0-9]+(ms|s|m|h))+$";
+/// Bounds CEL's cost estimate for the duration rules; `1h59m59s999ms` is 13 characters.
+pub const DURATION_MAX_LEN: u32 = 32;
+/// The upper bounds of `crate::policy::validate` (MAX_INTERVAL, MAX_TIMEOUT), as CEL rules so the
+/// API server rejects what standalone mode rejects. CEL's `duration()` reads this grammar, and
+/// a value too large for it fails the rule too.
+const MAX_INTERVAL_RULE: &str = "duration(self) <= duration('1h')";
+const MAX_TIMEOUT_RULE: &str = "duration(self) <= duration('5m')";
 /// A DNS label (RFC 1123), so a dependency name is safe as a metric label and a status key.
 pub const DNS_LABEL_PATTERN: &str = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$";
 /// Status code ranges for HTTP checks: `200`, `200-299`, `200-299,301`.
@@ -66,9 +73,11 @@ pub struct HealthPolicySpec {
     pub defaults: Option<CheckDefaults>,
 
     /// A cached check result older than this counts as "unknown" (a critical unknown makes the
-    /// service down). Must exceed every dependency's interval plus timeout. Default 30s.
+    /// service down). Must exceed every dependency's interval plus timeout, and be at most 3h.
+    /// Default 30s.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = DURATION_PATTERN))]
+    #[schemars(regex(pattern = DURATION_PATTERN), length(max = DURATION_MAX_LEN))]
+    #[x_kube(validation = Rule::new("duration(self) <= duration('3h')").message("must be at most 3h"))]
     pub max_staleness: Option<String>,
 
     /// HTTP status codes /ready answers with for each overall state.
@@ -82,8 +91,9 @@ pub struct HealthPolicySpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cascade_protection: Option<CascadeProtection>,
 
-    /// The dependencies to check. Names must be unique within the policy.
-    #[schemars(length(max = 64))]
+    /// The dependencies to check (at least one: a policy without dependencies would always be
+    /// ready). Names must be unique within the policy.
+    #[schemars(length(min = 1, max = 64))]
     #[x_kube(validation = Rule::new("self.all(d, self.exists_one(e, e.name == d.name))").message("dependency names must be unique"))]
     pub dependencies: Vec<Dependency>,
 }
@@ -116,16 +126,19 @@ pub struct CascadeProtection {
 }
 
 /// Check settings shared by all dependencies of a policy.
-#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CheckDefaults {
-    /// Time between two checks of a dependency (a random jitter of up to 10% is added). Default 5s.
+    /// Time between two checks of a dependency (a random jitter of up to 10% is added),
+    /// 100ms-1h. Default 5s.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = DURATION_PATTERN))]
+    #[schemars(regex(pattern = DURATION_PATTERN), length(max = DURATION_MAX_LEN))]
+    #[x_kube(validation = Rule::new(MAX_INTERVAL_RULE).message("must be at most 1h"))]
     pub interval: Option<String>,
-    /// How long one check may take before it counts as failed. Default 1s.
+    /// How long one check may take before it counts as failed, at most 5m. Default 1s.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = DURATION_PATTERN))]
+    #[schemars(regex(pattern = DURATION_PATTERN), length(max = DURATION_MAX_LEN))]
+    #[x_kube(validation = Rule::new(MAX_TIMEOUT_RULE).message("must be at most 5m"))]
     pub timeout: Option<String>,
     /// Consecutive failures before a healthy dependency is reported down. Default 1.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -216,13 +229,15 @@ pub struct Dependency {
     /// only degrades the service. Default true.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub critical: Option<bool>,
-    /// Overrides defaults.interval for this dependency.
+    /// Overrides defaults.interval for this dependency (100ms-1h).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = DURATION_PATTERN))]
+    #[schemars(regex(pattern = DURATION_PATTERN), length(max = DURATION_MAX_LEN))]
+    #[x_kube(validation = Rule::new(MAX_INTERVAL_RULE).message("must be at most 1h"))]
     pub interval: Option<String>,
-    /// Overrides defaults.timeout for this dependency.
+    /// Overrides defaults.timeout for this dependency (at most 5m).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = DURATION_PATTERN))]
+    #[schemars(regex(pattern = DURATION_PATTERN), length(max = DURATION_MAX_LEN))]
+    #[x_kube(validation = Rule::new(MAX_TIMEOUT_RULE).message("must be at most 5m"))]
     pub timeout: Option<String>,
     /// Overrides defaults.failureThreshold for this dependency.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -453,6 +468,17 @@ pub struct DependencyStatus {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cel_duration_bounds_match_validation() {
+        use crate::policy::duration;
+        use crate::policy::validate::{MAX_INTERVAL, MAX_MAX_STALENESS, MAX_TIMEOUT};
+        let bound = |d| format!("<= duration('{}')", duration::format(d));
+        assert!(MAX_INTERVAL_RULE.ends_with(&bound(MAX_INTERVAL)));
+        assert!(MAX_TIMEOUT_RULE.ends_with(&bound(MAX_TIMEOUT)));
+        let crd = crd_yaml();
+        assert!(crd.contains(&bound(MAX_MAX_STALENESS)), "maxStaleness rule");
+    }
 
     #[test]
     fn committed_crd_is_generated_from_these_types() {

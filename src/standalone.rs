@@ -15,6 +15,15 @@ use crate::policy::{Policy, UrlResolver, validate};
 const API_VERSION: &str = "healthgate.dev/v1alpha1";
 /// Polling rather than inotify: it also sees ConfigMap volume updates, which swap a symlink.
 pub const RELOAD_POLL: Duration = Duration::from_secs(1);
+/// A policy of the maximum 64 dependencies is a few tens of KiB; a file far larger is not a
+/// policy, and is rejected from its size alone, before it is read.
+pub const MAX_POLICY_BYTES: u64 = 1024 * 1024;
+/// Parser budget: generous for any real policy, small enough that an alias bomb or a deeply
+/// nested document is rejected in microseconds instead of being expanded.
+const MAX_YAML_ALIASES: usize = 100;
+const MAX_YAML_DEPTH: usize = 32;
+const MAX_YAML_NODES: usize = 20_000;
+const MAX_YAML_EVENTS: usize = 50_000;
 
 /// Resolves `urlFrom.env` from the process environment; Secrets need Kubernetes mode.
 pub struct EnvUrls;
@@ -53,19 +62,76 @@ impl std::fmt::Display for PolicyFileError {
 impl std::error::Error for PolicyFileError {}
 
 pub fn load(path: &Path) -> Result<(PolicyKey, Policy), PolicyFileError> {
+    let bytes = read_limited(path).map_err(|problem| PolicyFileError {
+        path: path.to_path_buf(),
+        problems: vec![problem],
+    })?;
+    load_bytes(&bytes, path)
+}
+
+fn load_bytes(bytes: &[u8], path: &Path) -> Result<(PolicyKey, Policy), PolicyFileError> {
     let fail = |problems: Vec<String>| PolicyFileError {
         path: path.to_path_buf(),
         problems,
     };
-    let text =
-        std::fs::read_to_string(path).map_err(|e| fail(vec![format!("cannot read: {e}")]))?;
-    parse(&text, path).map_err(fail)
+    let text = std::str::from_utf8(bytes)
+        .map_err(|e| fail(vec![format!("cannot read: not UTF-8: {e}")]))?;
+    parse(text, path).map_err(fail)
+}
+
+/// Reads the file unless it is over [`MAX_POLICY_BYTES`]; the size is checked before reading
+/// and the read is capped too, in case the file grows in between.
+fn read_limited(path: &Path) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+    let file = std::fs::File::open(path).map_err(|e| format!("cannot read: {e}"))?;
+    let size = file
+        .metadata()
+        .map_err(|e| format!("cannot read: {e}"))?
+        .len();
+    if size > MAX_POLICY_BYTES {
+        return Err(too_large(size));
+    }
+    let mut bytes = Vec::with_capacity(size as usize);
+    file.take(MAX_POLICY_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("cannot read: {e}"))?;
+    if bytes.len() as u64 > MAX_POLICY_BYTES {
+        return Err(too_large(bytes.len() as u64));
+    }
+    Ok(bytes)
+}
+
+/// A budget breach gets one line naming the limits; the parser's source excerpt of an alias
+/// bomb shows the aliases, not why they are refused.
+fn yaml_error(error: &serde_saphyr::Error) -> String {
+    let text = error.to_string();
+    match text.lines().next() {
+        Some(first) if first.contains("budget breached") => format!(
+            "not valid YAML: over the parser's limits (at most {MAX_YAML_ALIASES} aliases, \
+             {MAX_YAML_NODES} nodes with aliases expanded, nesting depth {MAX_YAML_DEPTH}): {first}"
+        ),
+        _ => format!("not valid YAML: {text}"),
+    }
+}
+
+fn too_large(size: u64) -> String {
+    format!("file is {size} bytes, over the limit of {MAX_POLICY_BYTES} bytes for a policy")
 }
 
 /// Parses and validates a policy document; `path` names the policy when metadata.name is absent.
 pub fn parse(text: &str, path: &Path) -> Result<(PolicyKey, Policy), Vec<String>> {
+    let options = serde_saphyr::options! {
+        budget: serde_saphyr::budget! {
+            max_aliases: MAX_YAML_ALIASES,
+            max_depth: MAX_YAML_DEPTH,
+            max_nodes: MAX_YAML_NODES,
+            max_events: MAX_YAML_EVENTS,
+            max_recorded_anchor_events: MAX_YAML_EVENTS,
+            max_documents: 1,
+        },
+    };
     let document: serde_json::Value =
-        serde_saphyr::from_str(text).map_err(|e| vec![format!("not valid YAML: {e}")])?;
+        serde_saphyr::from_str_with_options(text, options).map_err(|e| vec![yaml_error(&e)])?;
     let mut problems = Vec::new();
     let api_version = document.get("apiVersion").and_then(|v| v.as_str());
     if api_version != Some(API_VERSION) {
@@ -134,30 +200,96 @@ fn field_path(path: &serde_ignored::Path) -> String {
     }
 }
 
+/// What the last poll saw, so an unchanged file is neither parsed nor reported twice.
+#[derive(PartialEq)]
+enum Seen {
+    Content(Vec<u8>),
+    /// Rejected unread for its size; its length and mtime stand in for the content.
+    TooLarge(u64, Option<std::time::SystemTime>),
+    Unreadable,
+}
+
+/// One poll, run on a blocking thread: reading and parsing a large or hostile file must not
+/// occupy a runtime worker that answers probes.
+enum Poll {
+    Unchanged,
+    Unreadable(String),
+    Changed(Result<(PolicyKey, Policy), PolicyFileError>),
+}
+
+fn poll(path: &Path, last: &mut Seen) -> Poll {
+    let metadata = match std::fs::metadata(path) {
+        Ok(metadata) => metadata,
+        Err(e) => return unreadable(last, e.to_string()),
+    };
+    if metadata.len() > MAX_POLICY_BYTES {
+        let seen = Seen::TooLarge(metadata.len(), metadata.modified().ok());
+        if *last == seen {
+            return Poll::Unchanged;
+        }
+        *last = seen;
+        return Poll::Changed(Err(PolicyFileError {
+            path: path.to_path_buf(),
+            problems: vec![too_large(metadata.len())],
+        }));
+    }
+    let bytes = match read_limited(path) {
+        Ok(bytes) => bytes,
+        Err(problem) => return unreadable(last, problem),
+    };
+    if matches!(last, Seen::Content(previous) if *previous == bytes) {
+        return Poll::Unchanged;
+    }
+    let result = load_bytes(&bytes, path);
+    *last = Seen::Content(bytes);
+    Poll::Changed(result)
+}
+
+fn unreadable(last: &mut Seen, error: String) -> Poll {
+    if *last == Seen::Unreadable {
+        return Poll::Unchanged;
+    }
+    *last = Seen::Unreadable;
+    Poll::Unreadable(error)
+}
+
 /// Re-applies the file whenever its content changes, until cancelled.
 pub async fn watch(path: PathBuf, engine: Engine, mut key: PolicyKey, cancel: CancellationToken) {
-    let mut last = std::fs::read(&path).ok();
+    let mut last = match read_limited(&path) {
+        Ok(bytes) => Seen::Content(bytes),
+        Err(_) => Seen::Unreadable,
+    };
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return,
             _ = tokio::time::sleep(RELOAD_POLL) => {}
         }
-        let current = match tokio::fs::read(&path).await {
-            Ok(bytes) => bytes,
+        let polled = tokio::task::spawn_blocking({
+            let path = path.clone();
+            move || {
+                let result = poll(&path, &mut last);
+                (result, last)
+            }
+        })
+        .await;
+        let result = match polled {
+            Ok((result, seen)) => {
+                last = seen;
+                result
+            }
             Err(e) => {
-                if last.is_some() {
-                    error!(path = %path.display(), error = %e, "policy file unreadable; keeping the last good policy");
-                    last = None;
-                }
+                // `last` moved into the task that failed; re-reading everything next time is safe.
+                error!(path = %path.display(), error = %e, "policy reload failed");
+                last = Seen::Unreadable;
                 continue;
             }
         };
-        if last.as_ref() == Some(&current) {
-            continue;
-        }
-        last = Some(current);
-        match load(&path) {
-            Ok((new_key, policy)) => {
+        match result {
+            Poll::Unchanged => {}
+            Poll::Unreadable(e) => {
+                error!(path = %path.display(), error = %e, "policy file unreadable; keeping the last good policy");
+            }
+            Poll::Changed(Ok((new_key, policy))) => {
                 if new_key != key {
                     engine.remove(&key);
                     key = new_key;
@@ -165,9 +297,76 @@ pub async fn watch(path: PathBuf, engine: Engine, mut key: PolicyKey, cancel: Ca
                 let changes = engine.apply(&key, policy);
                 info!(path = %path.display(), policy = %key, started = ?changes.started, restarted = ?changes.restarted, stopped = ?changes.stopped, "policy file reloaded");
             }
-            Err(e) => {
+            Poll::Changed(Err(e)) => {
                 error!(path = %path.display(), problems = ?e.problems, "policy file invalid; keeping the last good policy");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const POLICY: &str = "apiVersion: healthgate.dev/v1alpha1\nkind: HealthPolicy\nmetadata: {name: p}\nspec:\n  dependencies: [{name: a, type: tcp, tcp: {address: 'h:1'}}]\n";
+
+    fn problems(text: &str) -> Vec<String> {
+        parse(text, Path::new("p.yaml")).err().unwrap_or_default()
+    }
+
+    #[test]
+    fn an_ordinary_policy_with_a_few_aliases_parses() {
+        let text = "apiVersion: healthgate.dev/v1alpha1\nkind: HealthPolicy\nmetadata: {name: p}\nspec:\n  defaults: &d {interval: 1s}\n  dependencies:\n    - {name: a, type: tcp, tcp: &t {address: 'h:1'}}\n    - {name: b, type: tcp, tcp: *t}\n";
+        assert!(problems(POLICY).is_empty());
+        assert!(problems(text).is_empty(), "{:?}", problems(text));
+    }
+
+    #[test]
+    fn an_alias_bomb_is_rejected_by_the_parser_budget() {
+        let mut text = String::from("a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n");
+        for level in 1..10 {
+            let refs = vec![format!("*a{}", level - 1); 10].join(", ");
+            text.push_str(&format!("a{level}: &a{level} [{refs}]\n"));
+        }
+        text.push_str(POLICY);
+        let problems = problems(&text);
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(problems[0].starts_with("not valid YAML"), "{problems:?}");
+        assert!(
+            problems[0].contains("over the parser's limits"),
+            "{problems:?}"
+        );
+        assert_eq!(problems[0].lines().count(), 1, "{problems:?}");
+    }
+
+    #[test]
+    fn deep_nesting_is_rejected_by_the_parser_budget() {
+        let text = format!("{POLICY}deep: {}{}\n", "[".repeat(200), "]".repeat(200));
+        let problems = problems(&text);
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(problems[0].starts_with("not valid YAML"), "{problems:?}");
+    }
+
+    #[test]
+    fn a_file_over_the_size_limit_is_rejected_unread() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("big.yaml");
+        let file = std::fs::File::create(&path).unwrap();
+        file.set_len(MAX_POLICY_BYTES + 1).unwrap();
+        let e = load(&path).unwrap_err();
+        assert_eq!(
+            e.problems,
+            vec![format!(
+                "file is {} bytes, over the limit of {MAX_POLICY_BYTES} bytes for a policy",
+                MAX_POLICY_BYTES + 1
+            )]
+        );
+        // The reload poll reports it once, then leaves the unchanged file alone.
+        let mut last = Seen::Unreadable;
+        assert!(matches!(poll(&path, &mut last), Poll::Changed(Err(_))));
+        assert!(matches!(poll(&path, &mut last), Poll::Unchanged));
+        std::fs::write(&path, POLICY).unwrap();
+        assert!(matches!(poll(&path, &mut last), Poll::Changed(Ok(_))));
+        assert!(matches!(poll(&path, &mut last), Poll::Unchanged));
     }
 }

@@ -412,6 +412,34 @@ async fn invalid_policies_are_rejected_naming_the_field() {
                 "group is only valid with kind: stream",
             ],
         ),
+        (
+            "no dependencies",
+            json!({"dependencies": []}),
+            vec!["spec.dependencies", "should have at least 1 items"],
+        ),
+        (
+            "CEL: interval above 1h",
+            json!({"defaults": {"interval": "999999999h"}, "dependencies": [dep(json!({"interval": "61m"}))]}),
+            vec![
+                "spec.defaults.interval",
+                "spec.dependencies[0].interval",
+                "must be at most 1h",
+            ],
+        ),
+        (
+            "CEL: timeout above 5m",
+            json!({"defaults": {"timeout": "999999999h"}, "dependencies": [dep(json!({"timeout": "5m1s"}))]}),
+            vec![
+                "spec.defaults.timeout",
+                "spec.dependencies[0].timeout",
+                "must be at most 5m",
+            ],
+        ),
+        (
+            "CEL: maxStaleness above 3h",
+            json!({"maxStaleness": "4h", "dependencies": [dep(json!({}))]}),
+            vec!["spec.maxStaleness", "must be at most 3h"],
+        ),
     ];
 
     let mut failures = Vec::new();

@@ -19,8 +19,11 @@ use crate::secret::SecretUrl;
 const CHECK_POOL_SIZE: u32 = 2;
 /// Idle connections are recycled so a failed-over database is not probed over a stale socket.
 const CHECK_POOL_IDLE: Duration = Duration::from_secs(300);
-/// Redis reconnects in the background; retries stay short so a dead server is reported quickly.
-const REDIS_RETRIES: usize = 2;
+/// No connect retries inside one check: the checker already retries every interval, and a
+/// retry's backoff (100 ms, then 200 ms) hid the first attempt's error behind the check timeout,
+/// so a wrong password read as `timeout` under ~350 ms. A failed connection is retried on the
+/// next check.
+const REDIS_RETRIES: usize = 0;
 
 pub type RedisClient = Result<ConnectionManager, String>;
 

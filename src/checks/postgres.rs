@@ -70,6 +70,8 @@ fn classify(error: &sqlx::Error) -> Reason {
     match error {
         sqlx::Error::PoolTimedOut => Reason::Timeout,
         sqlx::Error::Io(_) | sqlx::Error::Tls(_) => Reason::Connect,
+        // SQLSTATE class 28: invalid authorization specification (wrong password, no such role).
+        sqlx::Error::Database(e) if e.code().is_some_and(|c| c.starts_with("28")) => Reason::Auth,
         _ => Reason::Error,
     }
 }

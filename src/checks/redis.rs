@@ -200,7 +200,9 @@ fn connection(client: &RedisClient) -> Result<ConnectionManager, Observation> {
 
 /// Redis errors describe the command and server reply, never the connection URL.
 fn failure(error: &redis::RedisError) -> Observation {
-    let reason = if error.is_timeout() {
+    let reason = if is_auth_failure(error) {
+        Reason::Auth
+    } else if error.is_timeout() {
         Reason::Timeout
     } else if error.is_io_error() || error.is_connection_refusal() || error.is_connection_dropped()
     {
@@ -209,6 +211,12 @@ fn failure(error: &redis::RedisError) -> Observation {
         Reason::Error
     };
     Observation::down(reason, error.to_string())
+}
+
+/// A wrong password fails the connection's AUTH; a missing one fails the first command.
+fn is_auth_failure(error: &redis::RedisError) -> bool {
+    error.kind() == redis::ErrorKind::AuthenticationFailed
+        || matches!(error.code(), Some("NOAUTH" | "WRONGPASS"))
 }
 
 #[cfg(test)]

@@ -83,6 +83,8 @@ pub enum Reason {
     Timeout,
     /// Could not connect (refused, unreachable, DNS).
     Connect,
+    /// The dependency refused the credentials (wrong or missing password).
+    Auth,
     /// Connected, but the dependency answered with an error.
     Error,
     /// HTTP status outside expectStatus.
@@ -96,12 +98,13 @@ pub enum Reason {
 }
 
 impl Reason {
-    pub const ALL: [Reason; 10] = [
+    pub const ALL: [Reason; 11] = [
         Reason::Ok,
         Reason::Slow,
         Reason::QueueDepth,
         Reason::Timeout,
         Reason::Connect,
+        Reason::Auth,
         Reason::Error,
         Reason::Status,
         Reason::Body,
@@ -116,6 +119,7 @@ impl Reason {
             Reason::QueueDepth => "queue_depth",
             Reason::Timeout => "timeout",
             Reason::Connect => "connect",
+            Reason::Auth => "auth",
             Reason::Error => "error",
             Reason::Status => "status",
             Reason::Body => "body",

@@ -19,6 +19,15 @@ use crate::secret::SecretUrl;
 
 /// Checking more often than this is a load test, not a health check.
 const MIN_INTERVAL: Duration = Duration::from_millis(100);
+/// A dependency checked less often than hourly is not watched; `999999999h` is a typo.
+pub const MAX_INTERVAL: Duration = Duration::from_secs(3600);
+/// A check allowed longer than this never reports a hung dependency in time to matter.
+/// Not tied to the interval: runs never overlap (the next starts after the last one ended), so
+/// a timeout above the interval only stretches that period, and short-interval policies use it.
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(300);
+/// Results older than this are never trusted. Above twice the slowest possible cycle
+/// (MAX_INTERVAL + MAX_TIMEOUT), so the unset default always fits under it.
+pub const MAX_MAX_STALENESS: Duration = Duration::from_secs(3 * 3600);
 const MAX_THRESHOLD: i32 = 100;
 
 /// A problem in a policy, located by the path of the field to fix.
@@ -65,6 +74,13 @@ pub fn validate(
     );
     let status_codes = status_codes(spec, &mut errors);
 
+    if spec.dependencies.is_empty() {
+        // An edit that drops every dependency would otherwise make the service ready forever.
+        errors.push(
+            "spec.dependencies",
+            "at least one dependency is required: a policy without dependencies is always ready",
+        );
+    }
     if spec.dependencies.len() > MAX_DEPENDENCIES {
         errors.push(
             "spec.dependencies",
@@ -107,7 +123,15 @@ pub fn validate(
                 DEFAULT_MAX_STALENESS
             }
             Ok(value) => {
-                if value <= slowest_cycle {
+                if value > MAX_MAX_STALENESS {
+                    errors.push(
+                        "spec.maxStaleness",
+                        format!(
+                            "{text} must be at most {}",
+                            duration::format(MAX_MAX_STALENESS)
+                        ),
+                    );
+                } else if value <= slowest_cycle {
                     errors.push(
                         "spec.maxStaleness",
                         format!(
@@ -232,12 +256,22 @@ fn schedule(base: Schedule, overrides: &Overrides, path: &str, errors: &mut Erro
                 format!("{path}.interval"),
                 format!("must be at least {}", duration::format(MIN_INTERVAL)),
             );
+        } else if interval > MAX_INTERVAL {
+            errors.push(
+                format!("{path}.interval"),
+                format!("must be at most {}", duration::format(MAX_INTERVAL)),
+            );
         }
         schedule.interval = interval;
     }
     if let Some(timeout) = timeout {
         if timeout.is_zero() {
             errors.push(format!("{path}.timeout"), "must be greater than 0");
+        } else if timeout > MAX_TIMEOUT {
+            errors.push(
+                format!("{path}.timeout"),
+                format!("must be at most {}", duration::format(MAX_TIMEOUT)),
+            );
         }
         schedule.timeout = timeout;
     }

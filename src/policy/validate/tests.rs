@@ -82,9 +82,30 @@ fn the_documented_example_is_valid_and_defaulted() {
 
 #[test]
 fn an_empty_spec_gets_defaults() {
-    let policy = validate(&spec("dependencies: []"), &ENV).expect("valid");
+    let policy = validate(
+        &spec("dependencies: [{name: a, type: tcp, tcp: {address: 'h:1'}}]"),
+        &ENV,
+    )
+    .expect("valid");
     assert_eq!(policy.max_staleness, DEFAULT_MAX_STALENESS);
     assert_eq!(policy.status_codes, StatusCodes::default());
+}
+
+#[test]
+fn the_largest_allowed_durations_are_valid() {
+    // A timeout above the interval is allowed: runs never overlap, the period just stretches.
+    let policy = validate(
+        &spec("maxStaleness: 3h\ndefaults: {interval: 1h, timeout: 5m}\ndependencies: [{name: a, type: tcp, interval: 300ms, timeout: 500ms, tcp: {address: 'h:1'}}, {name: b, type: tcp, tcp: {address: 'h:2'}}]"),
+        &ENV,
+    )
+    .expect("valid");
+    assert_eq!(policy.dependencies[1].schedule.interval, MAX_INTERVAL);
+    let unset = validate(
+        &spec("defaults: {interval: 1h, timeout: 5m}\ndependencies: [{name: a, type: tcp, tcp: {address: 'h:1'}}]"),
+        &ENV,
+    )
+    .expect("valid");
+    assert!(unset.max_staleness <= MAX_MAX_STALENESS);
 }
 
 #[test]
@@ -136,7 +157,7 @@ fn every_problem_is_reported_with_its_field_path() {
             &["spec.dependencies[0].failureThreshold: 0 is out of range 1-100"],
         ),
         (
-            "defaults: {successThreshold: 101}\ndependencies: []",
+            "defaults: {successThreshold: 101}\ndependencies: [{name: a, type: tcp, tcp: {address: 'h:1'}}]",
             &["spec.defaults.successThreshold: 101 is out of range 1-100"],
         ),
         (
@@ -186,7 +207,29 @@ fn every_problem_is_reported_with_its_field_path() {
             ],
         ),
         (
-            "statusCodes: {ok: 503, down: 200}\ndependencies: []",
+            "dependencies: []",
+            &["spec.dependencies: at least one dependency is required"],
+        ),
+        (
+            "defaults: {interval: 999999999h, timeout: 999999999h}\ndependencies: [{name: a, type: tcp, tcp: {address: 'h:1'}}]",
+            &[
+                "spec.defaults.interval: must be at most 1h",
+                "spec.defaults.timeout: must be at most 5m",
+            ],
+        ),
+        (
+            "dependencies: [{name: a, type: tcp, interval: 61m, timeout: 5m1s, tcp: {address: 'h:1'}}]",
+            &[
+                "spec.dependencies[0].interval: must be at most 1h",
+                "spec.dependencies[0].timeout: must be at most 5m",
+            ],
+        ),
+        (
+            "maxStaleness: 999999h\ndependencies: [{name: a, type: tcp, tcp: {address: 'h:1'}}]",
+            &["spec.maxStaleness: 999999h must be at most 3h"],
+        ),
+        (
+            "statusCodes: {ok: 503, down: 200}\ndependencies: [{name: a, type: tcp, tcp: {address: 'h:1'}}]",
             &[
                 "spec.statusCodes.ok: 503 is out of range 200-399",
                 "spec.statusCodes.down: 200 is out of range 400-599",
