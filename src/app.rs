@@ -1,7 +1,8 @@
 //! Wiring and lifecycle of the commands: what `main` runs.
 //!
-//! Shutdown has one path: a signal sets the server draining (/ready → 503), after the drain
-//! delay the listener closes and in-flight requests finish, then checkers stop and pools close.
+//! Shutdown has one path: a signal sets the server draining (/ready → 503, and every response
+//! says `Connection: close`), after the drain delay the listener closes, in-flight requests
+//! finish and idle connections close, then checkers stop and pools close.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -38,6 +39,8 @@ pub async fn serve(args: ServeArgs) -> ExitCode {
         database_url,
         drain_delay,
         shutdown_timeout,
+        header_read_timeout,
+        max_connections,
         kube,
     } = args;
     let source = match policy {
@@ -117,9 +120,14 @@ pub async fn serve(args: ServeArgs) -> ExitCode {
     ));
 
     info!(%listen, "serving");
+    let limits = server::Limits {
+        header_read_timeout,
+        max_connections: max_connections as usize,
+    };
     let server = tokio::spawn(server::serve(
         listener,
         state,
+        limits,
         stop_accepting.clone().cancelled_owned(),
     ));
     stop_accepting.cancelled().await;

@@ -49,6 +49,15 @@ pub struct ServeArgs {
     /// After the listener closes, how long in-flight requests may take before healthgate exits anyway.
     #[arg(long, env = "HEALTHGATE_SHUTDOWN_TIMEOUT", default_value = "20s", value_parser = parse_duration)]
     pub shutdown_timeout: Duration,
+    /// How long a client may take to send a complete request head, counted from connecting or
+    /// from the end of the previous response; a connection over it is closed. It also closes
+    /// idle keep-alive connections, so keep it above scrapers' intervals (Prometheus: 15s).
+    #[arg(long, env = "HEALTHGATE_HEADER_READ_TIMEOUT", default_value = "30s", value_parser = parse_positive_duration)]
+    pub header_read_timeout: Duration,
+    /// Open HTTP connections at most; further clients wait in the listen backlog until one
+    /// closes. Below the usual 1024 open-file limit, with room for the dependency connections.
+    #[arg(long, env = "HEALTHGATE_MAX_CONNECTIONS", default_value = "512", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: u32,
     #[command(flatten)]
     pub kube: Box<KubeArgs>,
 }
@@ -104,4 +113,11 @@ pub struct CheckArgs {
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
     duration::parse(text)
+}
+
+fn parse_positive_duration(text: &str) -> Result<Duration, String> {
+    match duration::parse(text)? {
+        Duration::ZERO => Err("must be greater than 0".into()),
+        positive => Ok(positive),
+    }
 }

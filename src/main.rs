@@ -18,7 +18,9 @@ async fn main() -> ExitCode {
         }
         Command::Check(args) => {
             healthgate::telemetry::init_logging();
-            healthgate::app::check(args).await
+            let code = healthgate::app::check(args).await;
+            healthgate::telemetry::flush_logs();
+            code
         }
         Command::Crd => {
             print!("{}", healthgate::api::crd_yaml());

@@ -28,6 +28,7 @@ impl Metrics {
     pub fn new() -> Self {
         let registry = Registry::new();
         span_exports().register(&registry);
+        registered(&registry, log_lines().dropped.clone());
         Self {
             http: HttpMetrics::register(&registry),
             checks: CheckMetrics::register(&registry),
@@ -100,5 +101,23 @@ pub fn span_exports() -> &'static SpanExportMetrics {
         )
         .expect("valid metric");
         SpanExportMetrics { dropped, exported }
+    })
+}
+
+/// The log sink's counter. Like the span exporter, the sink is process-wide and starts before
+/// any registry exists.
+#[derive(Debug)]
+pub struct LogMetrics {
+    pub dropped: IntCounter,
+}
+
+pub fn log_lines() -> &'static LogMetrics {
+    static METRICS: std::sync::OnceLock<LogMetrics> = std::sync::OnceLock::new();
+    METRICS.get_or_init(|| LogMetrics {
+        dropped: IntCounter::new(
+            "healthgate_log_lines_dropped_total",
+            "Log lines dropped because stderr was not read fast enough (the queue to it was full).",
+        )
+        .expect("valid metric"),
     })
 }

@@ -22,8 +22,8 @@ pub const MAX_POLICY_BYTES: u64 = 1024 * 1024;
 /// nested document is rejected in microseconds instead of being expanded.
 const MAX_YAML_ALIASES: usize = 100;
 const MAX_YAML_DEPTH: usize = 32;
-const MAX_YAML_NODES: usize = 20_000;
-const MAX_YAML_EVENTS: usize = 50_000;
+const MAX_YAML_NODES: usize = 5_000;
+const MAX_YAML_EVENTS: usize = 10_000;
 
 /// Resolves `urlFrom.env` from the process environment; Secrets need Kubernetes mode.
 pub struct EnvUrls;

@@ -1,7 +1,8 @@
 //! Logs and traces.
 //!
 //! Logs: one JSON object per line on stderr (stdout is reserved for command output such as
-//! `healthgate check`), filtered by `RUST_LOG`. A line emitted inside a span carries that span's
+//! `healthgate check`), filtered by `RUST_LOG`, written by a dedicated thread through a bounded
+//! queue so a stalled reader drops lines instead of blocking requests (see [`sink`]). A line emitted inside a span carries that span's
 //! `trace_id` and `span_id`, so logs and traces join.
 //!
 //! Traces: `tracing` spans become OpenTelemetry spans, exported over OTLP when
@@ -15,6 +16,7 @@
 
 mod export;
 mod json;
+mod sink;
 
 use std::time::Duration;
 
@@ -38,6 +40,8 @@ pub const DEFAULT_FILTER: &str = "info";
 pub const SERVICE_NAME: &str = "healthgate";
 /// How long shutdown waits for the last spans to reach the collector.
 pub const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long exit waits for queued log lines; a reader that takes longer is stalled.
+pub const LOG_FLUSH_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Keeps the trace pipeline alive; [`Telemetry::shutdown`] flushes it. Dropping it without
 /// shutting down loses the spans still queued.
@@ -64,6 +68,7 @@ impl Telemetry {
         if let Some(exporter) = exporter {
             exporter.flush_and_stop(FLUSH_TIMEOUT).await;
         }
+        flush_logs();
     }
 }
 
@@ -121,6 +126,11 @@ pub fn init() -> Telemetry {
         (None, _) => {}
     }
     Telemetry { provider, exporter }
+}
+
+/// Writes out the log lines still queued (within [`LOG_FLUSH_TIMEOUT`]); call before exiting.
+pub fn flush_logs() {
+    sink::flush(LOG_FLUSH_TIMEOUT);
 }
 
 /// Logging only, for code paths that never trace (and tests of the library).

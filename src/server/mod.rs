@@ -2,6 +2,7 @@
 //! `(route template, response)` pair so metrics and access logs are labelled by template and
 //! count every response, 404s and 500s included.
 
+mod conn;
 mod handlers;
 mod metrics;
 pub mod users;
@@ -16,21 +17,25 @@ use opentelemetry::propagation::TextMapPropagator as _;
 use opentelemetry::trace::TraceContextExt as _;
 use opentelemetry_http::HeaderExtractor;
 use tokio::net::TcpListener;
-use tracing::{Span, field, info};
+use tracing::{Span, field};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use warp::Filter;
-use warp::http::Method;
+use warp::http::{Method, header};
 use warp::path::{FullPath, Tail};
 use warp::reply::Response;
 
 use crate::engine::Engine;
 use crate::first_sync::Synced;
 use crate::metrics::Metrics;
+pub use conn::Limits;
 pub use metrics::HttpMetrics;
 use users::Users;
 
 /// Route label for requests no route matched; raw paths never become label values.
 pub const UNMATCHED_ROUTE: &str = "unmatched";
+/// Routes the kubelet calls every few seconds per pod: their access-log lines are DEBUG, since
+/// at INFO they would be most of the log and say nothing (each is still counted in metrics).
+const PROBE_ROUTES: &[&str] = &["/health", "/ready", "/ready/{namespace}/{name}"];
 
 /// Everything the handlers read. Cheap to clone: all shared.
 #[derive(Clone)]
@@ -116,13 +121,25 @@ pub fn routes(state: AppState) -> impl Filter<Extract = (Response,), Error = Inf
         .or(fallback)
         .unify();
     let metrics = state.metrics.http.clone();
+    let draining = state.draining.clone();
     let routed = warp::any()
         .map(Instant::now)
         .and(warp::method())
         .and(warp::path::full())
         .and(router)
         .map(
-            move |started: Instant, method: Method, path: FullPath, (route, response): Routed| {
+            move |started: Instant,
+                  method: Method,
+                  path: FullPath,
+                  (route, mut response): Routed| {
+                if draining.load(Ordering::Acquire) {
+                    // Keep-alive clients reconnect for their next request, so none is left
+                    // waiting on a connection when the listener closes.
+                    response.headers_mut().insert(
+                        header::CONNECTION,
+                        header::HeaderValue::from_static("close"),
+                    );
+                }
                 let elapsed = started.elapsed();
                 let status = response.status().as_u16();
                 record_response(&Span::current(), &method, route, status);
@@ -132,15 +149,24 @@ pub fn routes(state: AppState) -> impl Filter<Extract = (Response,), Error = Inf
                     response.status(),
                     elapsed.as_secs_f64(),
                 );
-                info!(
-                    target: "healthgate::access",
-                    method = %method,
-                    route,
-                    path = path.as_str(),
-                    status,
-                    duration_ms = elapsed.as_secs_f64() * 1e3,
-                    "request"
-                );
+                macro_rules! access_log {
+                    ($level:ident) => {
+                        tracing::$level!(
+                            target: "healthgate::access",
+                            method = %method,
+                            route,
+                            path = path.as_str(),
+                            status,
+                            duration_ms = elapsed.as_secs_f64() * 1e3,
+                            "request"
+                        )
+                    };
+                }
+                if PROBE_ROUTES.contains(&route) {
+                    access_log!(debug);
+                } else {
+                    access_log!(info);
+                }
                 response
             },
         );
@@ -218,17 +244,16 @@ fn http_version(version: warp::http::Version) -> &'static str {
     }
 }
 
-/// Serves until `shutdown` resolves, then stops accepting and lets in-flight requests finish.
+/// Serves until `shutdown` resolves, then stops accepting and lets in-flight requests finish;
+/// see [`conn`] for the limits and how connections are drained.
 pub async fn serve(
     listener: TcpListener,
     state: AppState,
+    limits: Limits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
-    warp::serve(routes(state))
-        .incoming(listener)
-        .graceful(shutdown)
-        .run()
-        .await;
+    let metrics = state.metrics.http.clone();
+    conn::serve(listener, routes(state), limits, metrics, shutdown).await;
 }
 
 #[cfg(test)]

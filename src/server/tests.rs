@@ -117,6 +117,20 @@ async fn ready_is_503_until_synced_and_while_draining() {
 }
 
 #[tokio::test]
+async fn every_response_says_connection_close_once_draining() {
+    let state = app(State::Ok, State::Ok, true);
+    for path in ["/health", "/ready", "/metrics", "/nowhere"] {
+        let response = get(&state, "GET", path).await;
+        assert!(response.headers().get("connection").is_none(), "{path}");
+    }
+    state.start_draining();
+    for path in ["/health", "/ready", "/ready/x/y", "/metrics", "/nowhere"] {
+        let response = get(&state, "GET", path).await;
+        assert_eq!(header(&response, "connection"), "close", "{path}");
+    }
+}
+
+#[tokio::test]
 async fn ready_of_one_policy_and_of_several() {
     let state = app(State::Ok, State::Ok, true);
     let (_, policy) = standalone::parse(POLICY, Path::new("api.yaml")).unwrap();

@@ -9,7 +9,6 @@
 //! registration; and that formatter writes every `?` field, lists included, as a string.
 
 use std::fmt;
-use std::io::Write;
 use std::sync::OnceLock;
 
 use opentelemetry::trace::TraceContextExt;
@@ -23,14 +22,15 @@ use tracing_subscriber::registry::LookupSpan;
 
 pub struct JsonLayer {
     dispatch: OnceLock<WeakDispatch>,
-    writer: fn() -> Box<dyn Write>,
+    /// Takes one complete line; never blocks (see [`super::sink`]).
+    sink: fn(Vec<u8>),
 }
 
 impl JsonLayer {
     pub fn stderr() -> Self {
         Self {
             dispatch: OnceLock::new(),
-            writer: || Box::new(std::io::stderr().lock()),
+            sink: super::sink::write_line,
         }
     }
 }
@@ -84,8 +84,8 @@ where
         }
         let mut text = serde_json::to_vec(&line).expect("a log line serialises");
         text.push(b'\n');
-        // One write per line so concurrent lines never interleave.
-        let _ = (self.writer)().write_all(&text);
+        // Whole lines only, so concurrent lines never interleave.
+        (self.sink)(text);
     }
 }
 
@@ -174,19 +174,9 @@ mod tests {
 
     fn capture(emit: impl FnOnce()) -> Vec<Value> {
         static LINES: Mutex<Vec<u8>> = Mutex::new(Vec::new());
-        struct Sink;
-        impl Write for Sink {
-            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-                LINES.lock().unwrap().extend_from_slice(buf);
-                Ok(buf.len())
-            }
-            fn flush(&mut self) -> std::io::Result<()> {
-                Ok(())
-            }
-        }
         let layer = JsonLayer {
             dispatch: OnceLock::new(),
-            writer: || Box::new(Sink),
+            sink: |line| LINES.lock().unwrap().extend_from_slice(&line),
         };
         let subscriber = tracing_subscriber::registry().with(layer);
         tracing::subscriber::with_default(subscriber, emit);

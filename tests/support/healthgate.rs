@@ -5,7 +5,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, ChildStderr, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -16,11 +16,29 @@ use super::services::free_port;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_healthgate");
 
+/// The binary [`Healthgate::start_with`] runs: [`BIN`], or `HEALTHGATE_TEST_BIN` to run the same
+/// tests against another build (an older one, say, to see a regression test fail there).
+pub fn bin() -> String {
+    std::env::var("HEALTHGATE_TEST_BIN").unwrap_or_else(|_| BIN.to_string())
+}
+
 pub struct Healthgate {
     pub port: u16,
     pub dir: tempfile::TempDir,
     child: Option<Child>,
     logs: Arc<Mutex<Vec<String>>>,
+    /// With [`Launch::stderr_unread`]: the pipe's read end, held open and never read.
+    _unread_stderr: Option<ChildStderr>,
+}
+
+/// How [`Healthgate::start_with`] runs the binary.
+#[derive(Default)]
+pub struct Launch<'a> {
+    /// A command to run healthgate under, e.g. `["taskset", "-c", "0"]`.
+    pub wrapper: &'a [&'a str],
+    /// Leave stderr a pipe that nobody reads, like a stuck log shipper: once the pipe buffer
+    /// is full, every write to it would block. [`Healthgate::logs`] then has stdout only.
+    pub stderr_unread: bool,
 }
 
 pub struct Reply {
@@ -38,16 +56,33 @@ impl Reply {
 impl Healthgate {
     /// Starts `healthgate serve` with `policy` as its policy file.
     pub fn start(policy: &str, env: &[(&str, &str)], args: &[&str]) -> Self {
+        Self::start_with(policy, env, args, Launch::default())
+    }
+
+    /// [`Healthgate::start`], run as `launch` says.
+    pub fn start_with(
+        policy: &str,
+        env: &[(&str, &str)],
+        args: &[&str],
+        launch: Launch<'_>,
+    ) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("healthgate-run-")
             .tempdir()
             .unwrap();
         std::fs::write(dir.path().join("policy.yaml"), policy).unwrap();
-        let mut cmd = Command::new(BIN);
+        let mut cmd = match launch.wrapper.split_first() {
+            Some((program, wrapper_args)) => {
+                let mut cmd = Command::new(program);
+                cmd.args(wrapper_args).arg(bin());
+                cmd
+            }
+            None => Command::new(bin()),
+        };
         cmd.arg("serve")
             .arg("--policy")
             .arg(dir.path().join("policy.yaml"));
-        Self::launch(cmd, dir, env, args)
+        Self::launch_with(cmd, dir, env, args, launch.stderr_unread)
     }
 
     /// Starts `healthgate serve` in Kubernetes mode (no policy file) with `kubeconfig` as its
@@ -67,17 +102,23 @@ impl Healthgate {
         Self::launch(cmd, dir, env, args)
     }
 
-    fn launch(
+    fn launch(cmd: Command, dir: tempfile::TempDir, env: &[(&str, &str)], args: &[&str]) -> Self {
+        Self::launch_with(cmd, dir, env, args, false)
+    }
+
+    fn launch_with(
         mut cmd: Command,
         dir: tempfile::TempDir,
         env: &[(&str, &str)],
         args: &[&str],
+        stderr_unread: bool,
     ) -> Self {
         let port = free_port();
         cmd.args(["--listen", &format!("127.0.0.1:{port}")])
             .args(args)
-            .envs(env.iter().copied())
+            // A test's own RUST_LOG (in `env`) wins over this default.
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -94,10 +135,15 @@ impl Healthgate {
         }
         let mut child = cmd.spawn().expect("starting healthgate");
         let logs = Arc::new(Mutex::new(Vec::new()));
-        for stream in [
-            Box::new(child.stdout.take().unwrap()) as Box<dyn Read + Send>,
-            Box::new(child.stderr.take().unwrap()),
-        ] {
+        let stderr = child.stderr.take().unwrap();
+        let (read, unread_stderr) = if stderr_unread {
+            (None, Some(stderr))
+        } else {
+            (Some(stderr), None)
+        };
+        let mut streams = vec![Box::new(child.stdout.take().unwrap()) as Box<dyn Read + Send>];
+        streams.extend(read.map(|s| Box::new(s) as Box<dyn Read + Send>));
+        for stream in streams {
             let logs = logs.clone();
             std::thread::spawn(move || {
                 for line in BufReader::new(stream).lines().map_while(Result::ok) {
@@ -110,6 +156,7 @@ impl Healthgate {
             dir,
             child: Some(child),
             logs,
+            _unread_stderr: unread_stderr,
         };
         let deadline = Instant::now() + Duration::from_secs(20);
         while hg.try_get("/health").is_err() {
