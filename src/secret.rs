@@ -1,17 +1,204 @@
 //! Connection URLs carry credentials. [`SecretUrl`] keeps the raw text out of every `Debug`,
 //! `Display` and serialisation path; only [`SecretUrl::expose`] hands it to a driver, and
 //! [`SecretUrl::scrub`] removes it from driver error messages before they are shown anywhere.
+//!
+//! [`redact`] is the one routine every free-text output goes through (log lines, including what
+//! client libraries log through our subscriber; check errors on /ready, in spans and status;
+//! condition messages and Events). It masks credentials by their shape — URL userinfo,
+//! `password=` style keys in queries and libpq keyword strings (any case, percent-encoded keys),
+//! Redis `AUTH` arguments — and, whatever the shape, every credential of every URL this process
+//! has been handed ([`SecretUrl::new`] remembers them), since a library that quotes a password
+//! does not say so.
 
+use std::borrow::Cow;
+use std::collections::BTreeSet;
 use std::fmt;
+use std::sync::RwLock;
 
 const MASK: &str = "***";
+/// Keys whose value is a credential, compared lower-cased and percent-decoded.
+const SECRET_KEYS: &[&str] = &[
+    "password",
+    "pass",
+    "pwd",
+    "passwd",
+    "token",
+    "sslpassword",
+    "secret",
+    "apikey",
+    "api_key",
+    "access_token",
+];
+/// Shorter secrets are not searched for in free text: they would mangle unrelated words.
+const MIN_KNOWN_SECRET: usize = 3;
+/// Bounds the memory of remembered secrets; rotations add new ones, none are ever needed twice.
+const MAX_KNOWN_SECRETS: usize = 4096;
+
+static KNOWN: RwLock<BTreeSet<String>> = RwLock::new(BTreeSet::new());
+
+fn remember(secrets: Vec<String>) {
+    let secrets: Vec<String> = secrets
+        .into_iter()
+        .filter(|s| s.len() >= MIN_KNOWN_SECRET)
+        .collect();
+    if secrets.is_empty() {
+        return;
+    }
+    let mut known = KNOWN.write().unwrap_or_else(|p| p.into_inner());
+    for secret in secrets {
+        if known.len() >= MAX_KNOWN_SECRETS {
+            break;
+        }
+        known.insert(secret);
+    }
+}
+
+/// `text` with every credential masked (see the module docs). Borrowed when nothing matched.
+pub fn redact(text: &str) -> Cow<'_, str> {
+    let mut out = Cow::Borrowed(text);
+    {
+        let known = KNOWN.read().unwrap_or_else(|p| p.into_inner());
+        for secret in known.iter() {
+            if out.contains(secret.as_str()) {
+                out = Cow::Owned(out.replace(secret.as_str(), MASK));
+            }
+        }
+    }
+    if out.contains("://") {
+        out = Cow::Owned(mask_userinfo(&out));
+    }
+    if out.contains('=') {
+        out = Cow::Owned(mask_key_values(&out));
+    }
+    if out.to_ascii_lowercase().contains("auth ") {
+        out = Cow::Owned(mask_auth(&out));
+    }
+    out
+}
+
+/// A parser or deserializer message without the value it rejected: serde and YAML messages put
+/// that value first, in quotes or backticks (`invalid type: string "postgres://…"`), and it may
+/// be a credential. The rest (what was expected, the field) stays.
+pub fn without_rejected_value(message: &str) -> String {
+    for quote in ['"', '`'] {
+        if let Some(start) = message.find(quote)
+            && let Some(len) = message[start + 1..].find(quote)
+        {
+            let end = start + 1 + len + 1;
+            return format!("{}(value not shown){}", &message[..start], &message[end..]);
+        }
+    }
+    message.to_string()
+}
+
+/// `scheme://user:pass@host` → `scheme://user:***@host` wherever it appears in free text; an
+/// authority with `@` but no `:` (a token as the user) is masked whole.
+fn mask_userinfo(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = rest.find("://") {
+        let (head, tail) = rest.split_at(start + 3);
+        out.push_str(head);
+        let authority_end = tail
+            .find(|c: char| {
+                c == '/'
+                    || c == '?'
+                    || c == '#'
+                    || c.is_whitespace()
+                    || c == '"'
+                    || c == '\''
+                    || c == '`'
+            })
+            .unwrap_or(tail.len());
+        let authority = &tail[..authority_end];
+        match authority.rfind('@') {
+            Some(at) => {
+                let userinfo = &authority[..at];
+                match userinfo.split_once(':') {
+                    Some((user, _)) => {
+                        out.push_str(user);
+                        out.push(':');
+                        out.push_str(MASK);
+                    }
+                    None => out.push_str(MASK),
+                }
+                out.push_str(&authority[at..]);
+            }
+            None => out.push_str(authority),
+        }
+        rest = &tail[authority_end..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// `password=value` (URL query, libpq keyword string, quoted or not) → `password=***`.
+fn mask_key_values(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let bytes = text.as_bytes();
+    let mut copied = 0;
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] != b'=' {
+            i += 1;
+            continue;
+        }
+        let key_start = text[..i]
+            .rfind(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '%' || c == '-'))
+            .map_or(0, |p| p + 1);
+        let key = percent_encoding::percent_decode_str(&text[key_start..i])
+            .decode_utf8_lossy()
+            .to_ascii_lowercase();
+        i += 1;
+        if !SECRET_KEYS.contains(&key.as_str()) {
+            continue;
+        }
+        let value_end = match bytes.get(i) {
+            Some(&quote @ (b'\'' | b'"')) => text[i + 1..]
+                .find(quote as char)
+                .map_or(text.len(), |p| i + 1 + p + 1),
+            _ => text[i..]
+                .find(|c: char| {
+                    c == '&' || c == ';' || c == ',' || c.is_whitespace() || c == '"' || c == '\''
+                })
+                .map_or(text.len(), |p| i + p),
+        };
+        out.push_str(&text[copied..i]);
+        out.push_str(MASK);
+        copied = value_end;
+        i = value_end;
+    }
+    out.push_str(&text[copied..]);
+    out
+}
+
+/// Redis `AUTH pass` and `AUTH user pass`: the arguments after AUTH are masked.
+fn mask_auth(text: &str) -> String {
+    let words: Vec<&str> = text.split(' ').collect();
+    let mut out = Vec::with_capacity(words.len());
+    let mut masking = 0;
+    for word in words {
+        if masking > 0 && !word.is_empty() {
+            out.push(MASK);
+            masking -= 1;
+            continue;
+        }
+        out.push(word);
+        if word.eq_ignore_ascii_case("auth") {
+            masking = 2;
+        }
+    }
+    out.join(" ")
+}
 
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub struct SecretUrl(String);
 
 impl SecretUrl {
     pub fn new(url: impl Into<String>) -> Self {
-        Self(url.into())
+        let url = url.into();
+        remember(credentials(&url));
+        Self(url)
     }
 
     /// The raw URL, for the client library only.
@@ -83,10 +270,7 @@ pub fn redact_url(raw: &str) -> String {
 }
 
 fn is_secret_param(key: &str) -> bool {
-    matches!(
-        key.to_ascii_lowercase().as_str(),
-        "password" | "pass" | "pwd" | "token" | "sslpassword"
-    )
+    SECRET_KEYS.contains(&key.to_ascii_lowercase().as_str())
 }
 
 /// The credential substrings of a URL, raw and percent-decoded, as a driver might print them.
@@ -95,6 +279,14 @@ fn credentials(raw: &str) -> Vec<String> {
         return Vec::new();
     };
     let mut secrets = Vec::new();
+    // Over HTTP a user name alone is a token, as in `https://TOKEN@host`; a database user
+    // name alone is just a name.
+    if matches!(parsed.scheme(), "http" | "https")
+        && parsed.password().is_none()
+        && !parsed.username().is_empty()
+    {
+        secrets.push(parsed.username().to_string());
+    }
     if let Some(password) = parsed.password() {
         secrets.push(password.to_string());
         if let Ok(decoded) = percent_encoding::percent_decode_str(password).decode_utf8() {
@@ -135,6 +327,67 @@ mod tests {
         for (raw, expected) in cases {
             assert_eq!(redact_url(raw), expected, "{raw}");
         }
+    }
+
+    #[test]
+    fn redact_masks_every_shape_in_free_text() {
+        let cases = [
+            (
+                "error connecting to postgres://app:Canary1@db:5432/x",
+                "error connecting to postgres://app:***@db:5432/x",
+            ),
+            (
+                "postgres://127.0.0.1:99999/demo?user=app&password=Canary2 is bad",
+                "postgres://127.0.0.1:99999/demo?user=app&password=*** is bad",
+            ),
+            (
+                "ignoring unrecognized connect parameter PASSWORD=Canary3",
+                "ignoring unrecognized connect parameter PASSWORD=***",
+            ),
+            (
+                "host=db user=app password='Can ary4' dbname=x",
+                "host=db user=app password=*** dbname=x",
+            ),
+            ("pass%77ord=Canary5&x=1", "pass%77ord=***&x=1"),
+            (
+                "sent AUTH default Canary6 to redis",
+                "sent AUTH *** *** to redis",
+            ),
+            (
+                "https://Canary7tok@api.example/",
+                "https://***@api.example/",
+            ),
+            ("nothing secret here=1", "nothing secret here=1"),
+        ];
+        for (text, expected) in cases {
+            assert_eq!(redact(text), expected, "{text}");
+        }
+    }
+
+    #[test]
+    fn rejected_values_are_not_quoted() {
+        assert_eq!(
+            without_rejected_value(
+                "invalid type: string \"postgres://a:Canary@h\", expected struct X"
+            ),
+            "invalid type: string (value not shown), expected struct X"
+        );
+        assert_eq!(
+            without_rejected_value("unknown variant `Canary`, expected one of `a`, `b`"),
+            "unknown variant (value not shown), expected one of `a`, `b`"
+        );
+        assert_eq!(
+            without_rejected_value("missing field `x`"),
+            "missing field (value not shown)"
+        );
+    }
+
+    #[test]
+    fn redact_masks_known_secrets_in_any_shape() {
+        let url = SecretUrl::new("redis://:K9nownSecret@cache:6379/0");
+        let text = format!("library said: bad password \"{}\" for user", "K9nownSecret");
+        assert_eq!(redact(&text), "library said: bad password \"***\" for user");
+        drop(url);
     }
 
     #[test]

@@ -110,7 +110,22 @@ fn yaml_error(error: &serde_saphyr::Error) -> String {
             "not valid YAML: over the parser's limits (at most {MAX_YAML_ALIASES} aliases, \
              {MAX_YAML_NODES} nodes with aliases expanded, nesting depth {MAX_YAML_DEPTH}): {first}"
         ),
-        _ => format!("not valid YAML: {text}"),
+        // The parser's source excerpt and message can quote the offending line, a password
+        // included; the position says where to look.
+        _ => {
+            let message = error.without_snippet().to_string();
+            let first = message.lines().next().unwrap_or_default();
+            let first = crate::secret::without_rejected_value(first);
+            match error.location() {
+                Some(at) => format!(
+                    "not valid YAML at line {} column {}: {}",
+                    at.line(),
+                    at.column(),
+                    crate::secret::redact(&first)
+                ),
+                None => format!("not valid YAML: {}", crate::secret::redact(&first)),
+            }
+        }
     }
 }
 
@@ -159,7 +174,11 @@ pub fn parse(text: &str, path: &Path) -> Result<(PolicyKey, Policy), Vec<String>
     let resource = match parsed {
         Ok(resource) => resource,
         Err(e) => {
-            problems.push(format!("{}: {}", e.path(), e.inner()));
+            problems.push(format!(
+                "{}: {}",
+                e.path(),
+                crate::secret::without_rejected_value(&e.inner().to_string())
+            ));
             return Err(problems);
         }
     };

@@ -111,7 +111,9 @@ impl Observation {
         Self {
             outcome: Outcome::Ok,
             reason: Reason::Ok,
-            detail: detail.into(),
+            detail: detail
+                .into()
+                .map(|d| crate::secret::redact(&d).into_owned()),
             error: None,
             queue_depth: None,
         }
@@ -122,7 +124,8 @@ impl Observation {
             outcome: Outcome::Down,
             reason,
             detail: None,
-            error: Some(error.into()),
+            // Shown on /ready, in spans, logs and status: redacted once, here.
+            error: Some(crate::secret::redact(&error.into()).into_owned()),
             queue_depth: None,
         }
     }

@@ -226,7 +226,8 @@ fn condition(type_: &str, status: bool, reason: &str, message: String) -> Condit
         type_: type_.to_string(),
         status: condition_status(status).to_string(),
         reason: reason.to_string(),
-        message,
+        // Condition messages become Events too; they pass the one redaction routine.
+        message: crate::secret::redact(&message).into_owned(),
         observed_generation: None,
         last_transition_time: Time(Timestamp::UNIX_EPOCH),
     }

@@ -53,9 +53,11 @@ pub struct Errors(Vec<FieldError>);
 
 impl Errors {
     pub fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        let message = message.into();
         self.0.push(FieldError {
             path: path.into(),
-            message: message.into(),
+            // Messages reach status, Events and logs; none may carry a credential.
+            message: crate::secret::redact(&message).into_owned(),
         });
     }
 }

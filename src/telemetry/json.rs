@@ -125,7 +125,13 @@ struct Fields {
 }
 
 impl Fields {
+    /// Every text on a line goes through the one redaction routine: client libraries log
+    /// through this subscriber too, and they do not know what is secret.
     fn put(&mut self, field: &Field, value: Value) {
+        let value = match value {
+            Value::String(text) => Value::String(crate::secret::redact(&text).into_owned()),
+            other => other,
+        };
         if field.name() == "message" {
             self.message = Some(value);
         } else {
