@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Builds the Kubernetes control plane used by the integration tests (kube-apiserver, etcd,
-# kubectl) from the Go module in tests/k8s into target/k8s-bin/.
+# Builds the Kubernetes binaries used by the integration tests from the Go module in tests/k8s
+# into target/k8s-bin/: the control plane (kube-apiserver, etcd, kubectl) and the node
+# (kubelet, kube-controller-manager, kube-scheduler; see tests/support/node.rs).
 #
 # Cached: the binaries are stamped with a hash of everything that determines them (go.mod,
 # go.sum, the Go sources, this script, the Go version). A run whose hash matches the stamp
@@ -15,7 +16,7 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 mod="$root/tests/k8s"
 out="${K8S_BIN_DIR:-${CARGO_TARGET_DIR:-$root/target}/k8s-bin}"
 [[ "$out" = /* ]] || out="$root/$out"
-bins=(kube-apiserver etcd kubectl)
+bins=(kube-apiserver etcd kubectl kubelet kube-controller-manager kube-scheduler)
 
 if ! command -v go >/dev/null; then
   echo "build-k8s: 'go' not found on PATH; Go >= 1.24 is needed to build the test control plane" >&2
@@ -65,7 +66,7 @@ for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
   xflags+=" -X $pkg.gitTreeState=clean"
 done
 
-echo "build-k8s: building kube-apiserver, kubectl $k8s_version and etcd into $out (first build takes minutes)" >&2
+echo "build-k8s: building kube-apiserver, kubectl, kubelet, kube-controller-manager, kube-scheduler $k8s_version and etcd into $out (first build takes minutes)" >&2
 start=$(date +%s)
 tmp="$(mktemp -d "$out/.build.XXXXXX")"
 trap 'rm -rf "$tmp"' EXIT
@@ -73,7 +74,9 @@ trap 'rm -rf "$tmp"' EXIT
 # -p=2 matches the 2-core CI machines; more parallel compiles only add memory pressure.
 CGO_ENABLED=0 GOFLAGS="${GOFLAGS:-} -mod=readonly" go build -p=2 -trimpath \
   -ldflags="-s -w$xflags" -o "$tmp/" \
-  k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kubectl ./cmd/etcd
+  k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kubectl ./cmd/etcd \
+  k8s.io/kubernetes/cmd/kubelet k8s.io/kubernetes/cmd/kube-controller-manager \
+  k8s.io/kubernetes/cmd/kube-scheduler
 for b in "${bins[@]}"; do mv -f "$tmp/$b" "$out/$b"; done
 echo "$want" >"$out/.stamp"
 echo "build-k8s: done in $(($(date +%s) - start))s" >&2
