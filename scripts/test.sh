@@ -10,8 +10,13 @@ step "system packages: postgresql, redis, prometheus, wrk"
 scripts/install-deps.sh
 step "observability tools: rotel, OTLP sink deps, @grafana/schema"
 scripts/install-test-tools.sh
-step "kube-apiserver, etcd, kubectl from the official Go modules (cached)"
+step "container tools for the image and the test node: podman, containerd, runc, CNI plugins"
+scripts/install-node-deps.sh
+step "kube-apiserver, etcd, kubectl, kubelet, kube-controller-manager, kube-scheduler from the official Go modules (cached)"
 scripts/build-k8s.sh
+step "images: healthgate:dev (release build, FROM scratch) and the test node's pause and app images"
+scripts/image.sh
+scripts/node-images.sh
 step "formatting and lints"
 cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings

@@ -615,12 +615,12 @@ fn fatal(msg: impl Into<String>) -> StartError {
 /// PR_SET_PDEATHSIG fires when the *thread* that forked the child exits, not the process. Test
 /// threads and tokio blocking threads come and go, so spawning from them would kill the servers
 /// mid-run; this thread lives until its `Keeper` is dropped (never, for the shared server).
-struct Keeper {
+pub(super) struct Keeper {
     tx: Mutex<mpsc::Sender<(Command, mpsc::Sender<io::Result<Child>>)>>,
 }
 
 impl Keeper {
-    fn new() -> Keeper {
+    pub(super) fn new() -> Keeper {
         let (tx, rx) = mpsc::channel::<(Command, mpsc::Sender<io::Result<Child>>)>();
         thread::Builder::new()
             .name("k8s-process-keeper".into())
@@ -633,7 +633,7 @@ impl Keeper {
         Keeper { tx: Mutex::new(tx) }
     }
 
-    fn spawn(&self, cmd: Command) -> io::Result<Child> {
+    pub(super) fn spawn(&self, cmd: Command) -> io::Result<Child> {
         let (reply_tx, reply_rx) = mpsc::channel();
         self.tx
             .lock()
@@ -647,7 +647,7 @@ impl Keeper {
 }
 
 /// Runs scripts/build-k8s.sh (a no-op when its stamp matches) and returns the binary directory.
-fn build_binaries() -> Result<PathBuf, String> {
+pub(super) fn build_binaries() -> Result<PathBuf, String> {
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .map(|t| {
@@ -760,7 +760,7 @@ fn generate_pki(dir: &Path) -> Result<(), String> {
     Ok(())
 }
 
-fn openssl(args: &[&str]) -> Result<(), String> {
+pub(super) fn openssl(args: &[&str]) -> Result<(), String> {
     let out = Command::new("openssl")
         .args(args)
         .stdin(Stdio::null())
@@ -790,7 +790,7 @@ fn free_ports() -> Result<[u16; 3], String> {
     ])
 }
 
-fn random_hex(bytes: usize) -> Result<String, String> {
+pub(super) fn random_hex(bytes: usize) -> Result<String, String> {
     let mut buf = vec![0u8; bytes];
     fs::File::open("/dev/urandom")
         .and_then(|mut f| io::Read::read_exact(&mut f, &mut buf))
@@ -819,7 +819,7 @@ fn sweep_stale_state_dirs() {
     }
 }
 
-fn log_tail(path: &Path) -> String {
+pub(super) fn log_tail(path: &Path) -> String {
     let text = fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(30)..].join("\n")

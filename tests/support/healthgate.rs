@@ -310,12 +310,23 @@ pub fn http_get(port: u16, path: &str, timeout: Duration) -> std::io::Result<Rep
 }
 
 pub fn request(port: u16, method: &str, path: &str, timeout: Duration) -> std::io::Result<Reply> {
+    request_to(([127, 0, 0, 1], port).into(), method, path, timeout)
+}
+
+/// [`request`] to any address (e.g. a pod's on the test node's bridge); `timeout` bounds the
+/// connect and each read.
+pub fn request_to(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    timeout: Duration,
+) -> std::io::Result<Reply> {
     let started = Instant::now();
-    let mut stream = TcpStream::connect(("127.0.0.1", port))?;
+    let mut stream = TcpStream::connect_timeout(&addr, timeout)?;
     stream.set_read_timeout(Some(timeout))?;
     write!(
         stream,
-        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
     )?;
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw)?;

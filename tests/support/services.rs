@@ -108,6 +108,8 @@ fn signal_group(child: &Child, signal: Signal) {
 
 pub struct Postgres {
     dir: tempfile::TempDir,
+    /// The address it listens on besides the loopback one the harness itself uses.
+    host: String,
     pub port: u16,
     child: Option<Child>,
 }
@@ -115,14 +117,27 @@ pub struct Postgres {
 impl Postgres {
     /// A fresh cluster with role `app` (password [`PG_PASSWORD`], scram over TCP) and database `app`.
     pub fn start() -> Self {
+        Self::start_on("127.0.0.1")
+    }
+
+    /// Like [`Postgres::start`], also listening on `host` (e.g. the test node's bridge address,
+    /// so pods can reach it) and accepting logins from its /24.
+    pub fn start_on(host: &str) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("healthgate-pg-")
             .tempdir()
             .expect("temp dir");
         let data = dir.path().join("data");
         copy_template(&data);
+        if host != "127.0.0.1" {
+            let hba = data.join("pg_hba.conf");
+            let mut rules = std::fs::read_to_string(&hba).expect("pg_hba.conf");
+            rules.push_str(&format!("host all all {host}/24 scram-sha-256\n"));
+            std::fs::write(&hba, rules).expect("writing pg_hba.conf");
+        }
         let mut pg = Self {
             dir,
+            host: host.to_string(),
             port: free_port(),
             child: None,
         };
@@ -131,7 +146,10 @@ impl Postgres {
     }
 
     pub fn url(&self) -> String {
-        format!("postgres://app:{PG_PASSWORD}@127.0.0.1:{}/app", self.port)
+        format!(
+            "postgres://app:{PG_PASSWORD}@{}:{}/app",
+            self.host, self.port
+        )
     }
 
     fn launch(&mut self) {
@@ -139,12 +157,9 @@ impl Postgres {
         let mut cmd = Command::new(pg_bin().join("postgres"));
         cmd.arg("-D")
             .arg(&data)
-            .args([
-                "-p",
-                &self.port.to_string(),
-                "-c",
-                "listen_addresses=127.0.0.1",
-            ])
+            .args(["-p", &self.port.to_string()])
+            .arg("-c")
+            .arg(format!("listen_addresses={}", self.listen_addresses()))
             .arg("-c")
             .arg(format!(
                 "unix_socket_directories={}",
@@ -176,6 +191,14 @@ impl Postgres {
                 self.log()
             );
             std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn listen_addresses(&self) -> String {
+        if self.host == "127.0.0.1" {
+            self.host.clone()
+        } else {
+            format!("127.0.0.1,{}", self.host)
         }
     }
 
@@ -339,6 +362,8 @@ fn prepare_for_server_user(dir: &Path) {
 
 pub struct Redis {
     dir: tempfile::TempDir,
+    /// The address it listens on besides loopback (see [`Redis::start_on`]).
+    host: String,
     pub port: u16,
     password: Option<String>,
     child: Option<Child>,
@@ -350,6 +375,15 @@ impl Redis {
     }
 
     pub fn start_with_password(password: Option<&str>) -> Self {
+        Self::start_on_with_password("127.0.0.1", password)
+    }
+
+    /// A Redis that also listens on `host`, e.g. the test node's bridge address for pods.
+    pub fn start_on(host: &str) -> Self {
+        Self::start_on_with_password(host, None)
+    }
+
+    fn start_on_with_password(host: &str, password: Option<&str>) -> Self {
         ensure_installed();
         let dir = tempfile::Builder::new()
             .prefix("healthgate-redis-")
@@ -357,6 +391,7 @@ impl Redis {
             .expect("temp dir");
         let mut redis = Self {
             dir,
+            host: host.to_string(),
             port: free_port(),
             password: password.map(String::from),
             child: None,
@@ -367,22 +402,30 @@ impl Redis {
 
     pub fn url(&self) -> String {
         match &self.password {
-            Some(pw) => format!("redis://:{pw}@127.0.0.1:{}/0", self.port),
-            None => format!("redis://127.0.0.1:{}/0", self.port),
+            Some(pw) => format!("redis://:{pw}@{}:{}/0", self.host, self.port),
+            None => format!("redis://{}:{}/0", self.host, self.port),
         }
     }
 
     fn launch(&mut self) {
+        // Protected mode would refuse password-less clients from the extra (bridge) address.
+        let (bind, protected) = if self.host == "127.0.0.1" {
+            (self.host.clone(), "yes")
+        } else {
+            (format!("127.0.0.1 {}", self.host), "no")
+        };
         let mut cmd = Command::new("redis-server");
         cmd.args([
             "--port",
             &self.port.to_string(),
             "--bind",
-            "127.0.0.1",
+            &bind,
             "--save",
             "",
             "--appendonly",
             "no",
+            "--protected-mode",
+            protected,
         ])
         .arg("--dir")
         .arg(self.dir.path());
