@@ -1,5 +1,7 @@
 # healthgate image: a static-enough release binary on distroless/cc, running as non-root.
 #   docker build -t healthgate:0.1.0 .
+# Without Docker Hub or gcr.io, scripts/image.sh builds the same layout FROM scratch (README,
+# "Install on a cluster"; tests/image.rs checks that the two agree).
 FROM rust:1.94-bookworm AS build
 WORKDIR /src
 # Dependencies first, so a source edit does not rebuild them.

@@ -24,7 +24,7 @@
 
 use std::{
     fs, io,
-    os::{fd::AsRawFd, unix::process::CommandExt},
+    os::unix::process::CommandExt,
     path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},
     sync::{
@@ -75,8 +75,12 @@ pub fn node() -> &'static Node {
     let shared = SHARED.get_or_init(|| {
         let started = Node::start();
         if started.is_ok() {
+            // Statics are never dropped; tear the node down when the test binary exits normally.
             // SAFETY: registering a plain `extern "C" fn` with no captured state.
-            unsafe { nix::libc::atexit(stop_shared_node) };
+            #[allow(unsafe_code)] // The only way to run teardown after the last test.
+            unsafe {
+                nix::libc::atexit(stop_shared_node)
+            };
         }
         started
     });
@@ -460,6 +464,7 @@ impl Node {
         cmd.stdin(Stdio::null()).stdout(out).stderr(err);
         let parent = std::process::id();
         // SAFETY: only async-signal-safe syscalls (prctl, getppid) between fork and exec.
+        #[allow(unsafe_code)] // The harness sets PDEATHSIG in the child; see SAFETY above.
         unsafe {
             cmd.pre_exec(move || {
                 // Dies with the keeper thread, so a killed test binary leaves no node process
@@ -535,17 +540,21 @@ impl Node {
         if children.is_empty() {
             return;
         }
+        let began = Instant::now();
         let kubelet_alive = children
             .iter_mut()
             .any(|(n, c)| *n == "kubelet" && c.try_wait().ok().flatten().is_none());
         if kubelet_alive {
-            // Controllers first, so nothing recreates the pods that are deleted next.
+            // Controllers first, orphaning their pods: nothing recreates them, and they are
+            // then deleted with a 1 s grace period instead of their own (30 s for apps that
+            // ignore SIGTERM as PID 1, like busybox httpd).
             let _ = self.kubectl(&[
                 "delete",
                 "deployments,replicasets,statefulsets,daemonsets,jobs",
                 "--all",
                 "--all-namespaces",
-                "--wait=false",
+                "--cascade=orphan",
+                "--timeout=30s",
             ]);
             let _ = self.kubectl(&[
                 "delete",
@@ -561,7 +570,8 @@ impl Node {
             let _ = child.kill();
             let _ = child.wait();
         }
-        clean_host(&self.dir);
+        clean_host(Some(&self.dir));
+        eprintln!("node harness: torn down in {:.1?}", began.elapsed());
         if std::env::var_os("HEALTHGATE_K8S_KEEP").is_some() {
             eprintln!("node harness: kept state in {}", self.dir.display());
         } else {
@@ -576,26 +586,47 @@ impl Drop for Node {
     }
 }
 
-/// What a node leaves on the host besides its processes: container processes and shims (only
-/// if pods could not be deleted), mounts under its state directory (the kubelet's bind mount of
-/// its root, pod volumes, containerd's snapshots), cgroups and the bridge.
-fn clean_host(dir: &Path) {
-    let socket = dir.join("containerd/run/containerd.sock");
-    let socket = socket.display().to_string();
-    for pid in
-        processes_where(|cmdline| cmdline.contains("containerd-shim") && cmdline.contains(&socket))
-    {
-        kill(pid);
+/// What a node leaves on the host besides its own processes: container processes and shims
+/// (only if pods could not be deleted), mounts under its state directory `dir` (the kubelet's
+/// bind mount of its root, pod volumes, containerd's snapshots), cgroups and the bridge. Without
+/// `dir`, only what any node leaves (called while holding the node lock, so none is running).
+fn clean_host(dir: Option<&Path>) {
+    if let Some(dir) = dir {
+        let socket = dir.join("containerd/run/containerd.sock");
+        let socket = socket.display().to_string();
+        let shims = processes_where(|cmdline| {
+            cmdline.contains("containerd-shim") && cmdline.contains(&socket)
+        });
+        shims.into_iter().for_each(kill);
     }
-    for pid in kubepods_processes() {
-        kill(pid);
+    kubepods_processes().into_iter().for_each(kill);
+    if let Some(dir) = dir {
+        unmount_under(dir);
     }
-    unmount_under(dir);
     remove_kubepods_cgroups();
+    remove_pod_netns();
     let _ = Command::new("ip")
         .args(["link", "del", BRIDGE])
         .stderr(Stdio::null())
         .status();
+}
+
+/// Pod network namespaces whose sandboxes were never stopped (containerd names them `cni-*`
+/// under /run/netns). Only a CRI runtime makes these, and on these machines only the test node
+/// runs one; the caller holds the node lock, so no other node's are live.
+fn remove_pod_netns() {
+    let Ok(entries) = fs::read_dir("/run/netns") else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with("cni-") {
+            let _ = Command::new("ip")
+                .args(["netns", "delete", &name])
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
 }
 
 fn kill(pid: u32) {
@@ -686,11 +717,11 @@ fn unmount_under(dir: &Path) {
     // Deepest first; the kubelet's root (bind-mounted onto itself) may be mounted twice.
     points.sort_by_key(|p| std::cmp::Reverse(p.len()));
     for point in points {
-        let Ok(c) = std::ffi::CString::new(point) else {
-            continue;
-        };
-        // SAFETY: a valid NUL-terminated path; MNT_DETACH never blocks on a busy mount.
-        unsafe { nix::libc::umount2(c.as_ptr(), nix::libc::MNT_DETACH) };
+        // Lazy: a mount still busy for a moment (an exiting shim) must not block teardown.
+        let _ = Command::new("umount")
+            .args(["--lazy", &point])
+            .stderr(Stdio::null())
+            .status();
     }
 }
 
@@ -716,11 +747,11 @@ fn sweep_stale_nodes() {
         }
     }
     for dir in &stale {
-        clean_host(dir);
+        clean_host(Some(dir));
         let _ = fs::remove_dir_all(dir);
     }
     // Holding the lock means no node is running, so a leftover bridge or cgroup is stale too.
-    clean_host(Path::new("/nonexistent-healthgate-node"));
+    clean_host(None);
 }
 
 fn take_lock() -> Result<fs::File, String> {
@@ -733,14 +764,9 @@ fn take_lock() -> Result<fs::File, String> {
         .write(true)
         .open(LOCK_FILE)
         .map_err(|e| format!("opening {LOCK_FILE}: {e}"))?;
-    // SAFETY: flock on a file descriptor we own; blocks until another node's process is done.
-    let rc = unsafe { nix::libc::flock(file.as_raw_fd(), nix::libc::LOCK_EX) };
-    if rc != 0 {
-        return Err(format!(
-            "locking {LOCK_FILE}: {}",
-            io::Error::last_os_error()
-        ));
-    }
+    // Blocks until another process's node is torn down.
+    file.lock()
+        .map_err(|e| format!("locking {LOCK_FILE}: {e}"))?;
     Ok(file)
 }
 
