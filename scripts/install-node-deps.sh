@@ -16,7 +16,11 @@ command -v podman >/dev/null || need+=(podman)
 [ -x /usr/sbin/runc ] || need+=(runc)
 command -v containerd >/dev/null || need+=(containerd)
 [ -x /usr/lib/cni/bridge ] || need+=(containernetworking-plugins)
-[ -x /bin/busybox ] && /bin/busybox --list 2>/dev/null | grep -qx httpd || need+=(busybox-static)
+# Static, because it is copied alone into a FROM-scratch image; Debian's `busybox` is dynamic
+# (busybox-static replaces it).
+bb_ldd="$(ldd /bin/busybox 2>&1 || true)"
+bb_applets="$(/bin/busybox --list 2>/dev/null || true)"
+[[ "$bb_ldd" == *"not a dynamic"* && $'\n'"$bb_applets"$'\n' == *$'\nhttpd\n'* ]] || need+=(busybox-static)
 command -v gcc >/dev/null || need+=(gcc)
 [ -f /usr/lib/x86_64-linux-gnu/libc.a ] || [ -n "$(ls /usr/lib/*/libc.a 2>/dev/null)" ] || need+=(libc6-dev)
 command -v ip >/dev/null || need+=(iproute2)
