@@ -217,11 +217,7 @@ async fn rollout_loses_nothing(
     path: &'static str,
 ) {
     let client = node.client().await;
-    let before: Vec<String> = pods(node, ns, &format!("app={deployment}"))
-        .iter()
-        .chain(pods(node, ns, &format!("app.kubernetes.io/name={deployment}")).iter())
-        .map(|p| p["metadata"]["name"].as_str().unwrap().to_string())
-        .collect();
+    let (old, _) = endpoints(&client, ns, service).await;
     let requests = RequestLoop::start(client, ns, service, port, path).await;
     // Some traffic before the restart, so the loop is proven to work against the old pods.
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -237,7 +233,8 @@ async fn rollout_loses_nothing(
     tokio::task::spawn_blocking(move || wait_rollout(node, &ns2, &dep2))
         .await
         .expect("rollout status");
-    // Old pods may still be terminating: keep sending while they drain.
+    // Keep sending past the old pods' drain delay (5 s), when their listeners close: a client
+    // still routing to them then would fail.
     tokio::time::sleep(Duration::from_secs(8)).await;
     let result = requests.finish().await;
     let took = started.elapsed();
@@ -260,10 +257,15 @@ async fn rollout_loses_nothing(
         result.sent >= 50,
         "too few requests to prove anything: {result:?}"
     );
-    // Traffic reached both the old and the new pods.
+    let reached = |ip: &IpAddr| result.per_endpoint.contains_key(ip);
     assert!(
-        result.per_endpoint.len() > before.len(),
-        "requests did not reach both old and new pods: {:?} (old pods {before:?})",
+        old.iter().all(reached),
+        "requests did not reach every old pod {old:?}: {:?}",
+        result.per_endpoint
+    );
+    assert!(
+        result.per_endpoint.keys().any(|ip| !old.contains(ip)),
+        "requests did not reach a new pod: {:?}",
         result.per_endpoint
     );
 }
@@ -435,6 +437,29 @@ async fn the_controller_runs_in_cluster_as_deployed() {
     ]);
     let (ready, _) = endpoints(&client, "healthgate", "healthgate").await;
     assert_eq!(ready.len(), 2, "both replicas serve the Service");
+    // Readiness may fail while a replica starts (503 until its first list is loaded); liveness
+    // never may.
+    let events: Value = serde_json::from_str(&node.kubectl_ok(&[
+        "get",
+        "events",
+        "-n",
+        "healthgate",
+        "-o",
+        "json",
+    ]))
+    .expect("event list JSON");
+    let liveness_failures: Vec<&Value> = events["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|e| {
+            e["reason"] == "Unhealthy"
+                && e["message"]
+                    .as_str()
+                    .is_some_and(|m| m.starts_with("Liveness"))
+        })
+        .collect();
+    assert!(liveness_failures.is_empty(), "{liveness_failures:?}");
 
     // SIGTERM drain on a real rollout: /ready turns 503 and the endpoint goes before the
     // listener closes, so a client following the endpoints loses nothing.
