@@ -151,7 +151,9 @@ fn invalid_policies_fail_fast_listing_every_problem() {
         ),
         (
             "apiVersion: healthgate.dev/v1alpha1\nkind: HealthPolicy\nmetadata: {name: bad}\nspec:\n  dependencies:\n    - {name: t, type: tcp, failureThreshold: many, tcp: {address: 'h:1'}}\n",
-            &["spec.dependencies[0].failureThreshold: invalid type: string \"many\", expected i32"],
+            &[
+                "spec.dependencies[0].failureThreshold: invalid type: string (value not shown), expected i32",
+            ],
         ),
         (
             "apiVersion: v1\nkind: ConfigMap\nspec: {dependencies: []}\n",
