@@ -23,4 +23,6 @@ cargo clippy --all-targets --locked -- -D warnings
 step "cargo test"
 cargo test --all-targets --no-fail-fast
 cargo test --doc
+step "fuzzing: policy documents, durations, redaction, request paths (30 s each)"
+scripts/fuzz.sh 30
 step "done"

@@ -54,7 +54,26 @@ fn remember(secrets: Vec<String>) {
 }
 
 /// `text` with every credential masked (see the module docs). Borrowed when nothing matched.
+///
+/// One masking pass can expose a shape the earlier masks did not see (fuzzing found a `password=`
+/// value that, once masked, left a `scheme://user:pass@` behind it), so passes repeat until the
+/// text stops changing: redacting redacted text is then a no-op, which is what log layers that
+/// redact again rely on.
 pub fn redact(text: &str) -> Cow<'_, str> {
+    const MAX_PASSES: usize = 16;
+    let mut out = redact_once(text);
+    for _ in 1..MAX_PASSES {
+        let Cow::Owned(changed) = &out else { break };
+        match redact_once(changed) {
+            Cow::Borrowed(_) => break,
+            Cow::Owned(next) if next == *changed => break,
+            Cow::Owned(next) => out = Cow::Owned(next),
+        }
+    }
+    out
+}
+
+fn redact_once(text: &str) -> Cow<'_, str> {
     let mut out = Cow::Borrowed(text);
     {
         let known = KNOWN.read().unwrap_or_else(|p| p.into_inner());
@@ -143,9 +162,13 @@ fn mask_key_values(text: &str) -> String {
             i += 1;
             continue;
         }
+        // The key starts after the last character that cannot be in one, which may be wider
+        // than a byte (found by fuzzing).
         let key_start = text[..i]
-            .rfind(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '%' || c == '-'))
-            .map_or(0, |p| p + 1);
+            .char_indices()
+            .rev()
+            .find(|&(_, c)| !(c.is_ascii_alphanumeric() || c == '_' || c == '%' || c == '-'))
+            .map_or(0, |(p, c)| p + c.len_utf8());
         let key = percent_encoding::percent_decode_str(&text[key_start..i])
             .decode_utf8_lossy()
             .to_ascii_lowercase();
@@ -154,9 +177,17 @@ fn mask_key_values(text: &str) -> String {
             continue;
         }
         let value_end = match bytes.get(i) {
-            Some(&quote @ (b'\'' | b'"')) => text[i + 1..]
-                .find(quote as char)
-                .map_or(text.len(), |p| i + 1 + p + 1),
+            // A quoted value may hold anything up to its closing quote; whatever is glued to
+            // that quote is masked with it (found by fuzzing: `'e'd=x'` left a tail behind).
+            Some(&quote @ (b'\'' | b'"')) => match text[i + 1..].find(quote as char) {
+                Some(p) => {
+                    let after = i + 1 + p + 1;
+                    text[after..]
+                        .find(|c: char| c == '&' || c == ';' || c == ',' || c.is_whitespace())
+                        .map_or(text.len(), |q| after + q)
+                }
+                None => text.len(),
+            },
             _ => text[i..]
                 .find(|c: char| {
                     c == '&' || c == ';' || c == ',' || c.is_whitespace() || c == '"' || c == '\''
@@ -358,6 +389,10 @@ mod tests {
                 "https://***@api.example/",
             ),
             ("nothing secret here=1", "nothing secret here=1"),
+            // Found by fuzzing: a tail glued to the closing quote, a multi-byte character
+            // right before the key.
+            ("password='e'd=x' next", "password=*** next"),
+            ("\u{99659}password=x y", "\u{99659}password=*** y"),
         ];
         for (text, expected) in cases {
             assert_eq!(redact(text), expected, "{text}");

@@ -235,9 +235,11 @@ fn a_failing_non_critical_dependency_degrades() {
             "    - {{name: smtp, type: tcp, critical: false, tcp: {{address: '127.0.0.1:{closed}'}}}}\n"
         );
     let hg = Healthgate::start(&policy(&deps, ""), &[("REDIS_URL", &redis.url())], &[]);
-    // 207 also comes before smtp's first result (a non-critical unknown degrades), so wait for it.
-    hg.wait_until("smtp checked", Duration::from_secs(10), |hg| {
-        hg.get("/ready").json()["checks"]["smtp"]["status"] == "down"
+    // 207 also comes before smtp's first result (a non-critical unknown degrades), and under load
+    // redis's first result can come after smtp's, so wait for both before judging the rollup.
+    hg.wait_until("smtp and redis checked", Duration::from_secs(10), |hg| {
+        let body = hg.get("/ready").json();
+        body["checks"]["smtp"]["status"] == "down" && body["checks"]["redis"]["status"] == "ok"
     });
     let body = hg.get("/ready").json();
     assert_eq!(body["status"], "degraded");

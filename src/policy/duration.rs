@@ -7,6 +7,9 @@ use std::time::Duration;
 /// Written by hand rather than borrowed from a crate so that the accepted grammar is exactly the
 /// schema's [`crate::api::DURATION_PATTERN`] and errors can say what was expected.
 pub fn parse(text: &str) -> Result<Duration, String> {
+    // Far beyond any setting validation allows, and small enough that every accepted value
+    // formats back to text that parses (found by fuzzing: sums near u64 milliseconds did not).
+    const LONGEST: Duration = Duration::from_secs(1_000_000_000 * 3600);
     const EXPECTED: &str = "expected a duration such as 250ms, 5s or 1m30s";
     if text.is_empty() {
         return Err(format!("empty duration: {EXPECTED}"));
@@ -41,7 +44,8 @@ pub fn parse(text: &str) -> Result<Duration, String> {
             .ok_or_else(|| format!("{text:?}: duration too large"))?;
         total = total
             .checked_add(Duration::from_millis(millis))
-            .ok_or_else(|| format!("{text:?}: duration too large"))?;
+            .filter(|total| *total <= LONGEST)
+            .ok_or_else(|| format!("{text:?}: duration too large (at most 1000000000h)"))?;
     }
     Ok(total)
 }
@@ -105,5 +109,15 @@ mod tests {
         for text in ["250ms", "5s", "1m30s", "1h", "1h1m1s1ms"] {
             assert_eq!(format(parse(text).unwrap()), text);
         }
+    }
+
+    #[test]
+    fn the_longest_duration_round_trips_and_one_more_is_rejected() {
+        // Found by fuzzing: sums near u64 milliseconds formatted to text that did not parse.
+        let longest = parse("1000000000h").unwrap();
+        assert_eq!(parse(&format(longest)), Ok(longest));
+        let err = parse("1000000000h1ms").unwrap_err();
+        assert!(err.contains("too large"), "{err}");
+        assert!(parse("5124095576030h").is_err());
     }
 }
