@@ -4,7 +4,7 @@
 //! says `Connection: close`), after the drain delay the listener closes, in-flight requests
 //! finish and idle connections close, then checkers stop and pools close.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -19,8 +19,9 @@ use crate::health::Overall;
 use crate::metrics::Metrics;
 use crate::policy::Policy;
 use crate::secret::SecretUrl;
+use crate::server::exposure::Details;
 use crate::server::users::Users;
-use crate::server::{self, AppState};
+use crate::server::{self, AppState, Exposure};
 use crate::standalone;
 use crate::{controller, first_sync};
 
@@ -41,6 +42,10 @@ pub async fn serve(args: ServeArgs) -> ExitCode {
         shutdown_timeout,
         header_read_timeout,
         max_connections,
+        details,
+        details_token_file,
+        protect_metrics,
+        metrics_listen,
         kube,
     } = args;
     let source = match policy {
@@ -69,12 +74,35 @@ pub async fn serve(args: ServeArgs) -> ExitCode {
             return ExitCode::from(EXIT_DOWN_OR_INVALID);
         }
     };
+    let exposure = match exposure(
+        &source,
+        details,
+        protect_metrics,
+        details_token_file.as_deref(),
+    ) {
+        Ok(exposure) => exposure,
+        Err(e) => {
+            eprintln!("{e}");
+            error!(error = %e, "invalid detail exposure settings");
+            return ExitCode::from(EXIT_DOWN_OR_INVALID);
+        }
+    };
     let listener = match TcpListener::bind(listen).await {
         Ok(listener) => listener,
         Err(e) => {
             error!(%listen, error = %e, "cannot listen");
             return ExitCode::from(EXIT_DOWN_OR_INVALID);
         }
+    };
+    let metrics_listener = match metrics_listen {
+        None => None,
+        Some(address) => match TcpListener::bind(address).await {
+            Ok(listener) => Some(listener),
+            Err(e) => {
+                error!(listen = %address, error = %e, "cannot listen for /metrics");
+                return ExitCode::from(EXIT_DOWN_OR_INVALID);
+            }
+        },
     };
 
     let metrics = Arc::new(Metrics::new());
@@ -107,7 +135,8 @@ pub async fn serve(args: ServeArgs) -> ExitCode {
             (watcher, synced)
         }
     };
-    let state = AppState::new(engine.clone(), users.clone(), metrics, synced);
+    let state =
+        AppState::new(engine.clone(), users.clone(), metrics, synced).with_exposure(exposure);
     let migration = tokio::spawn({
         let users = users.clone();
         let cancel = background.clone();
@@ -124,15 +153,36 @@ pub async fn serve(args: ServeArgs) -> ExitCode {
         header_read_timeout,
         max_connections: max_connections as usize,
     };
+    let main_surface = match metrics_listener {
+        Some(_) => server::Surface::WithoutMetrics,
+        None => server::Surface::All,
+    };
+    let metrics_server = metrics_listener.map(|listener| {
+        info!(listen = %metrics_listen.expect("bound from it"), "serving /metrics");
+        tokio::spawn(server::serve(
+            listener,
+            state.clone(),
+            server::Surface::MetricsOnly,
+            limits,
+            stop_accepting.clone().cancelled_owned(),
+        ))
+    });
     let server = tokio::spawn(server::serve(
         listener,
         state,
+        main_surface,
         limits,
         stop_accepting.clone().cancelled_owned(),
     ));
     stop_accepting.cancelled().await;
-    // The server stops accepting at once; in-flight requests get `shutdown_timeout` to finish.
-    if tokio::time::timeout(shutdown_timeout, server)
+    // The servers stop accepting at once; in-flight requests get `shutdown_timeout` to finish.
+    let servers = async {
+        let _ = server.await;
+        if let Some(metrics_server) = metrics_server {
+            let _ = metrics_server.await;
+        }
+    };
+    if tokio::time::timeout(shutdown_timeout, servers)
         .await
         .is_err()
     {
@@ -148,6 +198,26 @@ pub async fn serve(args: ServeArgs) -> ExitCode {
     users.close().await;
     info!("stopped");
     ExitCode::from(EXIT_OK)
+}
+
+/// `--details` and friends. Kubernetes mode defaults to `authorized`: its port is reachable by
+/// anyone in the cluster and its policies' errors name other teams' hosts. Standalone defaults to
+/// `always`: the file's author runs the process and reads its answers.
+fn exposure(
+    source: &Source,
+    details: Option<Details>,
+    protect_metrics: bool,
+    token_file: Option<&Path>,
+) -> Result<Exposure, server::exposure::Error> {
+    let kubernetes = match source {
+        Source::File { .. } => None,
+        Source::Kubernetes { client, settings } => Some((client.clone(), settings.scope.clone())),
+    };
+    let details = details.unwrap_or(match kubernetes {
+        Some(_) => Details::Authorized,
+        None => Details::Always,
+    });
+    Exposure::new(details, protect_metrics, token_file, kubernetes)
 }
 
 /// Where policies come from: `--policy FILE` (standalone) or the Kubernetes API.

@@ -8,6 +8,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 
 use crate::policy::duration;
+use crate::server::exposure::Details;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -58,6 +59,23 @@ pub struct ServeArgs {
     /// closes. Below the usual 1024 open-file limit, with room for the dependency connections.
     #[arg(long, env = "HEALTHGATE_MAX_CONNECTIONS", default_value = "512", value_parser = clap::value_parser!(u32).range(1..))]
     pub max_connections: u32,
+    /// Who sees details (errors, latencies, depths) in /ready: never, authorized (a bearer token
+    /// that Kubernetes authorizes for `get healthpolicies/status`, or the --details-token-file
+    /// token) or always. Status codes and per-check status never change with it.
+    /// Default: authorized in Kubernetes mode, always in standalone mode.
+    #[arg(long, env = "HEALTHGATE_DETAILS", value_enum)]
+    pub details: Option<Details>,
+    /// A file holding a bearer token that is authorized to see details (and /metrics with
+    /// --protect-metrics).
+    #[arg(long, env = "HEALTHGATE_DETAILS_TOKEN_FILE")]
+    pub details_token_file: Option<PathBuf>,
+    /// /metrics needs an authorized bearer token too (Kubernetes: `get` on the non-resource URL
+    /// /metrics, as Prometheus is usually granted).
+    #[arg(long, env = "HEALTHGATE_PROTECT_METRICS")]
+    pub protect_metrics: bool,
+    /// Serve /metrics on this address instead of --listen (which then answers 404 for it).
+    #[arg(long, env = "HEALTHGATE_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
     #[command(flatten)]
     pub kube: Box<KubeArgs>,
 }

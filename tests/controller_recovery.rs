@@ -46,7 +46,9 @@ async fn edits_and_rotations_are_live_within_5s_after_an_outage() {
     let second = Redis::start();
     let mut flaky = Redis::start();
     env.apply(&secret(&first.url()));
-    let hg = env.start("hg-0");
+    // Details for everyone: the test follows `checked_at`, and during the outage no token
+    // could be reviewed anyway.
+    let hg = env.start_with("hg-0", &[], &["--details", "always"]);
     let base = policy::redis("cache", &policy::secret("creds", "url"))
         + &policy::redis("flaky", &policy::inline(&flaky.url()));
     env.apply_ready("p", &base);

@@ -25,7 +25,7 @@ use checker::{Checker, Slot};
 pub use metrics::CheckMetrics;
 use ready_cache::ReadyCache;
 pub use ready_cache::Rendered;
-pub use report::{CheckView, Report};
+pub use report::{CheckView, Report, View};
 pub use snapshot::{DependencyView, PolicySnapshot};
 
 use crate::checks::{Connections, Probe};
@@ -287,18 +287,19 @@ impl Engine {
         )
     }
 
-    /// The /ready body of everything this instance serves, served from a cache that is redone
-    /// only when a checker publishes, a policy changes or a result turns stale.
-    pub fn render_all(&self) -> Rendered {
+    /// The /ready body of everything this instance serves, as `view` shows it, served from a
+    /// cache that is redone only when a checker publishes, a policy changes or a result turns
+    /// stale.
+    pub fn render_all(&self, view: View) -> Rendered {
         let now = Instant::now();
-        self.inner.ready.get_or_render(now, || {
+        self.inner.ready.get_or_render(view, now, || {
             let policies = self.inner.policies.read().expect("engine lock");
             let snapshots: Vec<(PolicyKey, PolicySnapshot)> = policies
                 .iter()
                 .map(|(key, running)| (key.clone(), running.snapshot(now)))
                 .collect();
             let report = Report::render_all(&snapshots);
-            let body = serde_json::to_vec(&report).expect("a report serialises");
+            let body = serde_json::to_vec(&report.to_json(view)).expect("a report serialises");
             let turns_stale = policies
                 .values()
                 .flat_map(|running| {

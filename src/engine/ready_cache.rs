@@ -8,6 +8,8 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
+use super::View;
+
 #[derive(Clone)]
 pub struct Rendered {
     pub status: u16,
@@ -21,10 +23,12 @@ struct Cached {
     rendered: Rendered,
 }
 
+/// One entry per [`View`]: callers with and without details each get a cached body.
 #[derive(Default)]
 pub struct ReadyCache {
     generation: Arc<AtomicU64>,
-    cached: RwLock<Option<Cached>>,
+    full: RwLock<Option<Cached>>,
+    status_only: RwLock<Option<Cached>>,
 }
 
 impl ReadyCache {
@@ -39,19 +43,24 @@ impl ReadyCache {
 
     pub fn get_or_render(
         &self,
+        view: View,
         now: Instant,
         render: impl FnOnce() -> (Rendered, Option<Instant>),
     ) -> Rendered {
         // Read before rendering: a publish during the render leaves the entry already outdated.
         let generation = self.generation.load(Ordering::Acquire);
-        if let Some(cached) = self.cached.read().expect("ready cache lock").as_ref()
+        let slot = match view {
+            View::Full => &self.full,
+            View::StatusOnly => &self.status_only,
+        };
+        if let Some(cached) = slot.read().expect("ready cache lock").as_ref()
             && cached.generation == generation
             && cached.expires.is_none_or(|at| now < at)
         {
             return cached.rendered.clone();
         }
         let (rendered, expires) = render();
-        *self.cached.write().expect("ready cache lock") = Some(Cached {
+        *slot.write().expect("ready cache lock") = Some(Cached {
             generation,
             expires,
             rendered: rendered.clone(),
@@ -79,11 +88,15 @@ mod tests {
     fn reuses_until_invalidated_or_expired() {
         let cache = ReadyCache::default();
         let now = Instant::now();
-        assert_eq!(cache.get_or_render(now, || render(1)).status, 1);
-        assert_eq!(cache.get_or_render(now, || render(2)).status, 1, "reused");
+        assert_eq!(cache.get_or_render(View::Full, now, || render(1)).status, 1);
+        assert_eq!(
+            cache.get_or_render(View::Full, now, || render(2)).status,
+            1,
+            "reused"
+        );
         cache.invalidate();
         assert_eq!(
-            cache.get_or_render(now, || render(3)).status,
+            cache.get_or_render(View::Full, now, || render(3)).status,
             3,
             "a publish re-renders"
         );
@@ -98,18 +111,26 @@ mod tests {
             )
         };
         cache.invalidate();
-        assert_eq!(cache.get_or_render(now, expiring).status, 4);
+        assert_eq!(cache.get_or_render(View::Full, now, expiring).status, 4);
         assert_eq!(
-            cache.get_or_render(now, || render(5)).status,
+            cache.get_or_render(View::Full, now, || render(5)).status,
             4,
             "still fresh"
         );
         assert_eq!(
             cache
-                .get_or_render(now + Duration::from_secs(2), || render(6))
+                .get_or_render(View::Full, now + Duration::from_secs(2), || render(6))
                 .status,
             6,
             "stale re-renders"
         );
+        assert_eq!(
+            cache
+                .get_or_render(View::StatusOnly, now, || render(7))
+                .status,
+            7,
+            "each view has its own entry"
+        );
+        assert_eq!(cache.get_or_render(View::Full, now, || render(8)).status, 6);
     }
 }

@@ -111,4 +111,54 @@ impl Report {
     pub fn status_code(&self) -> u16 {
         self.codes.for_overall(self.overall)
     }
+
+    /// The JSON body for `view`.
+    pub fn to_json(&self, view: View) -> serde_json::Value {
+        match view {
+            View::Full => serde_json::to_value(self),
+            View::StatusOnly => serde_json::to_value(StatusOnly::from(self)),
+        }
+        .expect("a report serialises")
+    }
+}
+
+/// How much of a report a caller sees (`--details`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum View {
+    Full,
+    StatusOnly,
+}
+
+/// Serialised form of [`View::StatusOnly`]: `critical` is left out too, so the body is exactly
+/// the overall status and per-check status (plus `protected` when cascade protection holds it).
+#[derive(Serialize)]
+struct StatusOnly<'a> {
+    status: Overall,
+    checks: BTreeMap<&'a str, CheckStatus>,
+}
+
+#[derive(Serialize)]
+struct CheckStatus {
+    status: State,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    protected: bool,
+}
+
+impl<'a> From<&'a Report> for StatusOnly<'a> {
+    fn from(report: &'a Report) -> Self {
+        Self {
+            status: report.overall,
+            checks: report
+                .checks
+                .iter()
+                .map(|(name, view)| {
+                    let status = CheckStatus {
+                        status: view.state,
+                        protected: view.protected,
+                    };
+                    (name.as_str(), status)
+                })
+                .collect(),
+        }
+    }
 }

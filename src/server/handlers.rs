@@ -3,6 +3,7 @@ use warp::http::{Method, StatusCode, header};
 use warp::reply::{Reply, Response};
 
 use super::AppState;
+use super::exposure::Refusal;
 use super::users::Lookup;
 use crate::engine::{PolicyKey, Report};
 
@@ -42,8 +43,14 @@ pub fn health(method: &Method) -> Response {
     json_response(200, &json!({ "status": "ok", "probe": "liveness" }))
 }
 
-/// Readiness from the cache only: no dependency I/O, so it answers even when one hangs.
-pub fn ready(state: &AppState, method: &Method, policy: Option<(String, String)>) -> Response {
+/// Readiness from the cache only: no dependency I/O, so it answers even when one hangs. The
+/// status code is the same for every caller; how much of the body they see is `--details`.
+pub async fn ready(
+    state: &AppState,
+    method: &Method,
+    authorization: Option<&str>,
+    policy: Option<PolicyKey>,
+) -> Response {
     if !readable(method) {
         return method_not_allowed();
     }
@@ -53,8 +60,12 @@ pub fn ready(state: &AppState, method: &Method, policy: Option<(String, String)>
             &json!({ "status": "down", "starting": true, "checks": {} }),
         );
     }
+    let view = state
+        .exposure
+        .ready_view(authorization, policy.clone())
+        .await;
     if policy.is_none() && !state.is_draining() {
-        let rendered = state.engine.render_all();
+        let rendered = state.engine.render_all(view);
         let mut response = warp::reply::Response::new(rendered.body.into());
         *response.status_mut() =
             StatusCode::from_u16(rendered.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
@@ -66,22 +77,35 @@ pub fn ready(state: &AppState, method: &Method, policy: Option<(String, String)>
     }
     let report = match policy {
         None => Report::render_all(&state.engine.snapshot_all()),
-        Some((namespace, name)) => match state.engine.snapshot(&PolicyKey::new(namespace, name)) {
+        Some(key) => match state.engine.snapshot(&key) {
             Some(snapshot) => Report::render(&snapshot),
             None => return error(404, "no such policy"),
         },
     };
+    let mut body = report.to_json(view);
     if state.is_draining() {
-        let body = json!({ "status": "down", "draining": true, "checks": report.checks });
+        body["status"] = json!("down");
+        body["draining"] = json!(true);
         return json_response(report.codes.down, &body);
     }
-    let code = report.status_code();
-    json_response(code, &report)
+    json_response(report.status_code(), &body)
 }
 
-pub fn metrics(state: &AppState, method: &Method) -> Response {
+pub async fn metrics(state: &AppState, method: &Method, authorization: Option<&str>) -> Response {
     if !readable(method) {
         return method_not_allowed();
+    }
+    match state.exposure.metrics_refusal(authorization).await {
+        Some(Refusal::NoToken) => {
+            let mut response = error(401, "a bearer token is required for /metrics");
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer"),
+            );
+            return response;
+        }
+        Some(Refusal::NotAllowed) => return error(403, "this token may not read /metrics"),
+        None => {}
     }
     state.engine.refresh_metrics();
     state.users.record_pool_metrics(&state.metrics.pool);

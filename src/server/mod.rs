@@ -3,6 +3,7 @@
 //! count every response, 404s and 500s included.
 
 mod conn;
+pub mod exposure;
 mod handlers;
 mod metrics;
 pub mod users;
@@ -24,10 +25,11 @@ use warp::http::{Method, header};
 use warp::path::{FullPath, Tail};
 use warp::reply::Response;
 
-use crate::engine::Engine;
+use crate::engine::{Engine, PolicyKey};
 use crate::first_sync::Synced;
 use crate::metrics::Metrics;
 pub use conn::Limits;
+pub use exposure::Exposure;
 pub use metrics::HttpMetrics;
 use users::Users;
 
@@ -46,6 +48,28 @@ pub struct AppState {
     pub draining: Arc<AtomicBool>,
     /// Opened by the policy source once it has loaded every policy.
     pub synced: Synced,
+    /// Who sees details in /ready and who may read /metrics.
+    pub exposure: Exposure,
+}
+
+/// Which routes a listener serves: everything, or with `--metrics-listen` /metrics apart.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Surface {
+    All,
+    WithoutMetrics,
+    MetricsOnly,
+}
+
+impl Surface {
+    /// The 404 a route answers on a listener that does not serve it, before any work is done.
+    fn refuses(self, route: &str) -> Option<Routed> {
+        let serves = match self {
+            Surface::All => true,
+            Surface::WithoutMetrics => route != "/metrics",
+            Surface::MetricsOnly => route == "/metrics",
+        };
+        (!serves).then(|| (UNMATCHED_ROUTE, handlers::not_found()))
+    }
 }
 
 impl AppState {
@@ -56,7 +80,12 @@ impl AppState {
             users,
             draining: Arc::new(AtomicBool::new(false)),
             synced,
+            exposure: Exposure::always(),
         }
+    }
+
+    pub fn with_exposure(self, exposure: Exposure) -> Self {
+        Self { exposure, ..self }
     }
 
     pub fn is_synced(&self) -> bool {
@@ -76,36 +105,82 @@ type Routed = (&'static str, Response);
 
 /// All routes, instrumented. Never rejects: unknown paths get a JSON 404.
 pub fn routes(state: AppState) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone {
+    routes_on(state, Surface::All)
+}
+
+/// The routes one listener serves; the others answer 404 there, counted as unmatched.
+pub fn routes_on(
+    state: AppState,
+    surface: Surface,
+) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone {
     // hyper clones the whole filter tree for every request, so each route holds the state
     // behind one Arc: a clone is a reference count, not five deep copies.
     let state = Arc::new(state);
     let s = state.clone();
     let health = warp::path!("health")
         .and(warp::method())
-        .map(|m: Method| ("/health", handlers::health(&m)));
+        .map(move |m: Method| match surface.refuses("/health") {
+            Some(refused) => refused,
+            None => ("/health", handlers::health(&m)),
+        });
+    let authorization = || warp::header::optional::<String>("authorization");
     let ready = warp::path!("ready")
         .and(warp::method())
-        .map(move |m: Method| ("/ready", handlers::ready(&s, &m, None)));
+        .and(authorization())
+        .then(move |m: Method, auth: Option<String>| {
+            let s = s.clone();
+            async move {
+                if let Some(refused) = surface.refuses("/ready") {
+                    return refused;
+                }
+                (
+                    "/ready",
+                    handlers::ready(&s, &m, auth.as_deref(), None).await,
+                )
+            }
+        });
     let s = state.clone();
     let ready_one = warp::path!("ready" / String / String)
         .and(warp::method())
-        .map(move |ns: String, name: String, m: Method| {
-            (
-                "/ready/{namespace}/{name}",
-                handlers::ready(&s, &m, Some((ns, name))),
-            )
-        });
+        .and(authorization())
+        .then(
+            move |ns: String, name: String, m: Method, auth: Option<String>| {
+                let s = s.clone();
+                async move {
+                    if let Some(refused) = surface.refuses("/ready/{namespace}/{name}") {
+                        return refused;
+                    }
+                    let policy = Some(PolicyKey::new(ns, name));
+                    let response = handlers::ready(&s, &m, auth.as_deref(), policy).await;
+                    ("/ready/{namespace}/{name}", response)
+                }
+            },
+        );
     let s = state.clone();
     let metrics = warp::path!("metrics")
         .and(warp::method())
-        .map(move |m: Method| ("/metrics", handlers::metrics(&s, &m)));
+        .and(authorization())
+        .then(move |m: Method, auth: Option<String>| {
+            let s = s.clone();
+            async move {
+                if let Some(refused) = surface.refuses("/metrics") {
+                    return refused;
+                }
+                ("/metrics", handlers::metrics(&s, &m, auth.as_deref()).await)
+            }
+        });
     let s = state.clone();
     let users = warp::path!("api" / "users" / ..)
         .and(warp::path::tail())
         .and(warp::method())
         .then(move |id: Tail, m: Method| {
             let s = s.clone();
-            async move { ("/api/users/{id}", handlers::user(&s, &m, id.as_str()).await) }
+            async move {
+                if let Some(refused) = surface.refuses("/api/users/{id}") {
+                    return refused;
+                }
+                ("/api/users/{id}", handlers::user(&s, &m, id.as_str()).await)
+            }
         });
     let fallback = warp::any().map(|| (UNMATCHED_ROUTE, handlers::not_found()));
 
@@ -249,11 +324,19 @@ fn http_version(version: warp::http::Version) -> &'static str {
 pub async fn serve(
     listener: TcpListener,
     state: AppState,
+    surface: Surface,
     limits: Limits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
     let metrics = state.metrics.http.clone();
-    conn::serve(listener, routes(state), limits, metrics, shutdown).await;
+    conn::serve(
+        listener,
+        routes_on(state, surface),
+        limits,
+        metrics,
+        shutdown,
+    )
+    .await;
 }
 
 #[cfg(test)]

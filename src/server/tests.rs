@@ -26,9 +26,13 @@ spec:
 
 /// The routes over an engine serving [`POLICY`] with `db` and `search` in the given states.
 fn app(db: State, search: State, synced: bool) -> AppState {
+    app_from(POLICY, db, search, synced)
+}
+
+fn app_from(text: &str, db: State, search: State, synced: bool) -> AppState {
     let metrics = Arc::new(Metrics::new());
     let engine = Engine::new(metrics.checks.clone());
-    let (key, policy) = standalone::parse(POLICY, Path::new("app.yaml")).expect("valid policy");
+    let (key, policy) = standalone::parse(text, Path::new("app.yaml")).expect("valid policy");
     engine.serve_fixed(&key, policy, &[("db", db), ("search", search)]);
     let synced = if synced {
         Synced::open()
@@ -200,4 +204,96 @@ async fn unknown_paths_and_wrong_methods() {
         assert_eq!(response.status(), 405, "POST {path}");
         assert_eq!(header(&response, "allow"), "GET, HEAD");
     }
+}
+
+/// The same request with an `Authorization` header, over the routes one listener serves.
+async fn get_as(
+    state: &AppState,
+    path: &str,
+    authorization: Option<&str>,
+    surface: Surface,
+) -> Response<Bytes> {
+    let mut request = warp::test::request().method("GET").path(path);
+    if let Some(value) = authorization {
+        request = request.header("authorization", value);
+    }
+    request.reply(&routes_on(state.clone(), surface)).await
+}
+
+fn with_details(state: AppState, details: exposure::Details, token: &str) -> AppState {
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), token).unwrap();
+    let exposure = Exposure::new(details, true, Some(file.path()), None).unwrap();
+    state.with_exposure(exposure)
+}
+
+#[tokio::test]
+async fn details_are_shown_only_as_configured_and_status_codes_never_change() {
+    use exposure::Details;
+    let all = Surface::All;
+    let namespaced = POLICY.replace("{name: app}", "{name: app, namespace: team}");
+    let app = |db| app_from(&namespaced, db, State::Down, true);
+    for (db, code) in [(State::Down, 503), (State::Ok, 299)] {
+        let never = with_details(app(db), Details::Never, "tok");
+        let authorized = with_details(app(db), Details::Authorized, "tok");
+        let always = with_details(app(db), Details::Always, "tok");
+        let cases = [
+            (&never, None, false),
+            (&never, Some("Bearer tok"), false),
+            (&authorized, None, false),
+            (&authorized, Some("Bearer wrong"), false),
+            (&authorized, Some("Bearer tok"), true),
+            (&always, None, true),
+        ];
+        for (state, authorization, detailed) in cases {
+            for path in ["/ready", "/ready/team/app"] {
+                let response = get_as(state, path, authorization, all).await;
+                assert_eq!(response.status(), code, "{path} {authorization:?}");
+                let body = json(&response);
+                let search = &body["checks"]["search"];
+                assert_eq!(search["status"], "down", "{body}");
+                if detailed {
+                    assert_eq!(search["error"], "connection refused", "{body}");
+                    assert_eq!(search["critical"], false, "{body}");
+                } else {
+                    let keys: Vec<&String> = search.as_object().unwrap().keys().collect();
+                    assert_eq!(keys, ["status"], "{path} {authorization:?}: {body}");
+                    assert!(!String::from_utf8_lossy(response.body()).contains("refused"));
+                }
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn protected_metrics_need_the_token_and_metrics_can_live_on_their_own_listener() {
+    let state = with_details(
+        app(State::Ok, State::Ok, true),
+        exposure::Details::Never,
+        "tok",
+    );
+    let anonymous = get_as(&state, "/metrics", None, Surface::All).await;
+    assert_eq!(anonymous.status(), 401);
+    assert_eq!(header(&anonymous, "www-authenticate"), "Bearer");
+    let wrong = get_as(&state, "/metrics", Some("Bearer nope"), Surface::All).await;
+    assert_eq!(wrong.status(), 403);
+    let allowed = get_as(&state, "/metrics", Some("Bearer tok"), Surface::All).await;
+    assert_eq!(allowed.status(), 200);
+    assert!(String::from_utf8_lossy(allowed.body()).contains("healthgate_"));
+
+    let main = Surface::WithoutMetrics;
+    let on_main = get_as(&state, "/metrics", Some("Bearer tok"), main).await;
+    assert_eq!(on_main.status(), 404);
+    assert_eq!(get_as(&state, "/ready", None, main).await.status(), 200);
+    let metrics_only = Surface::MetricsOnly;
+    assert_eq!(
+        get_as(&state, "/ready", None, metrics_only).await.status(),
+        404
+    );
+    assert_eq!(
+        get_as(&state, "/health", None, metrics_only).await.status(),
+        404
+    );
+    let scraped = get_as(&state, "/metrics", Some("Bearer tok"), metrics_only).await;
+    assert_eq!(scraped.status(), 200);
 }

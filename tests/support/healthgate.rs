@@ -228,6 +228,18 @@ impl Healthgate {
             .unwrap_or_else(|e| panic!("GET {path}: {e}\nlogs:\n{}", self.logs().join("\n")))
     }
 
+    /// GET with a bearer token, on this process's port or another of its listeners.
+    pub fn get_as(&self, port: u16, path: &str, token: Option<&str>) -> Reply {
+        let authorization = token.map(|t| format!("Bearer {t}"));
+        let headers: Vec<(&str, &str)> = authorization
+            .iter()
+            .map(|value| ("Authorization", value.as_str()))
+            .collect();
+        let addr = ([127, 0, 0, 1], port).into();
+        request_with(addr, "GET", path, &headers, Duration::from_secs(10))
+            .unwrap_or_else(|e| panic!("GET {path}: {e}\nlogs:\n{}", self.logs().join("\n")))
+    }
+
     /// Polls until `done` holds; returns how long it took.
     pub fn wait_until(
         &self,
@@ -321,12 +333,27 @@ pub fn request_to(
     path: &str,
     timeout: Duration,
 ) -> std::io::Result<Reply> {
+    request_with(addr, method, path, &[], timeout)
+}
+
+/// [`request_to`] with extra request headers, e.g. `("Authorization", "Bearer …")`.
+pub fn request_with(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    timeout: Duration,
+) -> std::io::Result<Reply> {
     let started = Instant::now();
     let mut stream = TcpStream::connect_timeout(&addr, timeout)?;
     stream.set_read_timeout(Some(timeout))?;
+    let extra: String = headers
+        .iter()
+        .map(|(name, value)| format!("{name}: {value}\r\n"))
+        .collect();
     write!(
         stream,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{extra}Connection: close\r\n\r\n"
     )?;
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw)?;
