@@ -4,6 +4,7 @@
 //! says `Connection: close`), after the drain delay the listener closes, in-flight requests
 //! finish and idle connections close, then checkers stop and pools close.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -13,7 +14,8 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use crate::cli::{CheckArgs, ServeArgs};
+use crate::checks::TargetGuard;
+use crate::cli::{CheckArgs, GuardArgs, ServeArgs};
 use crate::engine::{Engine, PolicyKey, Report};
 use crate::health::Overall;
 use crate::metrics::Metrics;
@@ -46,6 +48,7 @@ pub async fn serve(args: ServeArgs) -> ExitCode {
         details_token_file,
         protect_metrics,
         metrics_listen,
+        guard,
         kube,
     } = args;
     let source = match policy {
@@ -58,7 +61,11 @@ pub async fn serve(args: ServeArgs) -> ExitCode {
             }
         },
         None => match controller::connect(*kube).await {
-            Ok((client, settings)) => Source::Kubernetes { client, settings },
+            Ok((client, settings, api_server)) => Source::Kubernetes {
+                client,
+                settings,
+                api_server,
+            },
             Err(e) => {
                 eprintln!("{e}");
                 error!(error = %e, "cannot start in Kubernetes mode; pass --policy FILE for standalone mode");
@@ -105,8 +112,13 @@ pub async fn serve(args: ServeArgs) -> ExitCode {
         },
     };
 
+    let target_guard = source.target_guard(guard);
+    match &target_guard {
+        Some(g) => info!(guard = ?g, "target guard on"),
+        None => info!("target guard off (standalone mode without --deny-cidr or --allow-cidr)"),
+    }
     let metrics = Arc::new(Metrics::new());
-    let engine = Engine::new(metrics.checks.clone());
+    let engine = Engine::with_guard(metrics.checks.clone(), target_guard);
     let background = CancellationToken::new();
     let stop_accepting = CancellationToken::new();
 
@@ -122,7 +134,9 @@ pub async fn serve(args: ServeArgs) -> ExitCode {
             ));
             (watcher, first_sync::Synced::open())
         }
-        Source::Kubernetes { client, settings } => {
+        Source::Kubernetes {
+            client, settings, ..
+        } => {
             let (opener, synced) = first_sync::gate();
             let watcher = tokio::spawn(controller::run(
                 client,
@@ -211,7 +225,9 @@ fn exposure(
 ) -> Result<Exposure, server::exposure::Error> {
     let kubernetes = match source {
         Source::File { .. } => None,
-        Source::Kubernetes { client, settings } => Some((client.clone(), settings.scope.clone())),
+        Source::Kubernetes {
+            client, settings, ..
+        } => Some((client.clone(), settings.scope.clone())),
     };
     let details = details.unwrap_or(match kubernetes {
         Some(_) => Details::Authorized,
@@ -230,7 +246,43 @@ enum Source {
     Kubernetes {
         client: kube::Client,
         settings: controller::Settings,
+        api_server: Vec<SocketAddr>,
     },
+}
+
+impl Source {
+    /// Kubernetes mode always guards: policy authors are not the operator. A policy file is the
+    /// operator's own, so standalone mode guards only when asked to by a flag, and then allows
+    /// loopback (the file's author can reach it anyway).
+    fn target_guard(&self, flags: GuardArgs) -> Option<TargetGuard> {
+        let GuardArgs {
+            deny_cidr,
+            allow_cidr,
+        } = flags;
+        match self {
+            Source::File { .. } => standalone_guard(GuardArgs {
+                deny_cidr,
+                allow_cidr,
+            }),
+            Source::Kubernetes {
+                settings,
+                api_server,
+                ..
+            } => Some(TargetGuard::new(
+                api_server.clone(),
+                deny_cidr,
+                allow_cidr,
+                // A single policy is the sidecar case: loopback is the app's own pod.
+                matches!(settings.scope, controller::Scope::Policy { .. }),
+            )),
+        }
+    }
+}
+
+fn standalone_guard(flags: GuardArgs) -> Option<TargetGuard> {
+    flags
+        .given()
+        .then(|| TargetGuard::new(Vec::new(), flags.deny_cidr, flags.allow_cidr, true))
 }
 
 /// First SIGTERM/SIGINT: drain, then stop accepting. A second signal skips the rest of the drain.
@@ -263,7 +315,11 @@ async fn shutdown_signal() {
 }
 
 pub async fn check(args: CheckArgs) -> ExitCode {
-    let CheckArgs { policy, wait } = args;
+    let CheckArgs {
+        policy,
+        wait,
+        guard,
+    } = args;
     let (key, policy) = match standalone::load(&policy) {
         Ok(loaded) => loaded,
         Err(e) => {
@@ -279,7 +335,7 @@ pub async fn check(args: CheckArgs) -> ExitCode {
         .max()
         .unwrap_or_default()
         + Duration::from_millis(100);
-    let engine = Engine::new(Metrics::new().checks);
+    let engine = Engine::with_guard(Metrics::new().checks, standalone_guard(guard));
     engine.apply(&key, policy);
     let started = Instant::now();
     let deadline = started + wait.unwrap_or_default().max(first_round);

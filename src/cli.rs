@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
+use crate::checks::Cidr;
 use crate::policy::duration;
 use crate::server::exposure::Details;
 
@@ -77,7 +78,39 @@ pub struct ServeArgs {
     #[arg(long, env = "HEALTHGATE_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
     #[command(flatten)]
+    pub guard: GuardArgs,
+    #[command(flatten)]
     pub kube: Box<KubeArgs>,
+}
+
+/// The target guard: where checks may connect. On in Kubernetes mode; in standalone mode (and
+/// `check`) only when one of these flags is given, since the policy file is the operator's own.
+/// Deny wins over allow; link-local and the API server's address are always denied.
+#[derive(Debug, Default, clap::Args)]
+pub struct GuardArgs {
+    /// Address ranges no check may connect to, e.g. `10.0.0.0/8,fd00::/8` (repeatable).
+    #[arg(
+        long,
+        env = "HEALTHGATE_DENY_CIDR",
+        value_name = "CIDR",
+        value_delimiter = ','
+    )]
+    pub deny_cidr: Vec<Cidr>,
+    /// When set, the only address ranges checks may connect to (loopback included), minus
+    /// `--deny-cidr` and the defaults (repeatable).
+    #[arg(
+        long,
+        env = "HEALTHGATE_ALLOW_CIDR",
+        value_name = "CIDR",
+        value_delimiter = ','
+    )]
+    pub allow_cidr: Vec<Cidr>,
+}
+
+impl GuardArgs {
+    pub fn given(&self) -> bool {
+        !self.deny_cidr.is_empty() || !self.allow_cidr.is_empty()
+    }
 }
 
 /// Kubernetes mode (no `--policy`): which HealthPolicies to serve and who this replica is.
@@ -127,6 +160,8 @@ pub struct CheckArgs {
     /// Keep checking until the policy is ok or this long has passed (for init containers).
     #[arg(long, value_parser = parse_duration)]
     pub wait: Option<Duration>,
+    #[command(flatten)]
+    pub guard: GuardArgs,
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {

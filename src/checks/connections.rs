@@ -4,14 +4,22 @@
 //! blocks on a dependency, and all reconnect by themselves when a dependency comes back.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Mutex;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
+
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use tonic::codegen::http::Uri;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use tonic::transport::{Channel, Endpoint};
 
 use super::SharedClient;
+use super::guard::{self, TargetGuard};
 use crate::policy::Policy;
 use crate::secret::SecretUrl;
 
@@ -33,9 +41,22 @@ pub struct Connections {
     redis: Mutex<HashMap<SecretUrl, RedisClient>>,
     grpc: Mutex<HashMap<String, Result<Channel, String>>>,
     http: Mutex<Option<reqwest::Client>>,
+    guard: Option<Arc<TargetGuard>>,
 }
 
 impl Connections {
+    /// With a guard, every probe built from these connections asks it before connecting.
+    pub fn new(guard: Option<TargetGuard>) -> Self {
+        Self {
+            guard: guard.map(Arc::new),
+            ..Self::default()
+        }
+    }
+
+    pub fn guard(&self) -> Option<Arc<TargetGuard>> {
+        self.guard.clone()
+    }
+
     pub fn postgres(&self, url: &SecretUrl, timeout: Duration) -> Result<PgPool, String> {
         let mut pools = self.postgres.lock().expect("connections lock");
         if let Some(pool) = pools.get(url) {
@@ -80,9 +101,15 @@ impl Connections {
         channels
             .entry(address.to_string())
             .or_insert_with(|| {
-                Endpoint::from_shared(format!("http://{address}"))
-                    .map(|e| e.connect_timeout(timeout).connect_lazy())
-                    .map_err(|e| format!("invalid gRPC address {address:?}: {e}"))
+                let endpoint = Endpoint::from_shared(format!("http://{address}"))
+                    .map_err(|e| format!("invalid gRPC address {address:?}: {e}"))?
+                    .connect_timeout(timeout);
+                Ok(match &self.guard {
+                    Some(guard) => endpoint.connect_with_connector_lazy(GuardedConnector {
+                        guard: guard.clone(),
+                    }),
+                    None => endpoint.connect_lazy(),
+                })
             })
             .clone()
     }
@@ -92,13 +119,7 @@ impl Connections {
             .lock()
             .expect("connections lock")
             .get_or_insert_with(|| {
-                // Several crates here enable rustls with ring; naming the provider removes the
-                // ambiguity that otherwise makes reqwest panic. An error means one is already set.
-                let _ = rustls::crypto::ring::default_provider().install_default();
-                reqwest::Client::builder()
-                    .user_agent(concat!("healthgate/", env!("CARGO_PKG_VERSION")))
-                    // A health endpoint that redirects is answering; following it hides that.
-                    .redirect(reqwest::redirect::Policy::none())
+                http_builder()
                     .build()
                     .expect("a client without custom TLS roots always builds")
             })
@@ -149,5 +170,53 @@ impl Connections {
         }
         self.redis.lock().expect("connections lock").clear();
         self.grpc.lock().expect("connections lock").clear();
+    }
+}
+
+/// Every HTTP check's client settings, guarded or not.
+pub fn http_builder() -> reqwest::ClientBuilder {
+    // Several crates here enable rustls with ring; naming the provider removes the ambiguity
+    // that otherwise makes reqwest panic. An error means one is already set.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
+        .user_agent(concat!("healthgate/", env!("CARGO_PKG_VERSION")))
+        // A health endpoint that redirects is answering; following it hides that. It also keeps
+        // the target guard's job to one host: a redirect is never a second connection.
+        .redirect(reqwest::redirect::Policy::none())
+}
+
+/// tonic's connector for a guarded gRPC channel: resolves the channel's host on every
+/// (re)connect, asks the guard about every address and connects to those addresses only.
+#[derive(Clone)]
+struct GuardedConnector {
+    guard: Arc<TargetGuard>,
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+impl tonic::codegen::Service<Uri> for GuardedConnector {
+    type Response = TokioIo<TcpStream>;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let guard = self.guard.clone();
+        Box::pin(async move {
+            let host = uri.host().ok_or("gRPC address without a host")?;
+            let port = uri.port_u16().unwrap_or(80);
+            let addresses = match guard::resolve(&guard, host, port).await {
+                Ok(addresses) => addresses,
+                Err(guard::ResolveError::Blocked(b)) => return Err(Box::new(b) as BoxError),
+                Err(other) => return Err(other.to_string().into()),
+            };
+            let stream = TcpStream::connect(&addresses[..]).await?;
+            // tonic's own connector sets it too: health RPCs are tiny and latency-bound.
+            stream.set_nodelay(true)?;
+            Ok(TokioIo::new(stream))
+        })
     }
 }

@@ -4,6 +4,7 @@ use tonic::transport::Channel;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
+use super::guard::Blocked;
 use super::{CheckBlock, Observation, Target, UrlField};
 use crate::api::GrpcCheck;
 use crate::health::Reason;
@@ -51,6 +52,9 @@ impl GrpcProbe {
                 ),
             },
             Err(status) => {
+                if let Some(blocked) = Blocked::find(&status) {
+                    return Observation::blocked(blocked);
+                }
                 let reason = match status.code() {
                     tonic::Code::Unavailable => Reason::Connect,
                     tonic::Code::DeadlineExceeded => Reason::Timeout,

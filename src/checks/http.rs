@@ -1,5 +1,9 @@
 //! `type: http`: a GET whose status (and optionally body) is checked.
 
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use super::guard::{Blocked, TargetGuard};
 use super::{CheckBlock, Observation, Target, UrlField};
 use crate::api::HttpCheck;
 use crate::health::Reason;
@@ -55,18 +59,73 @@ impl CheckBlock for HttpCheck {
 pub struct HttpProbe {
     client: reqwest::Client,
     target: HttpTarget,
+    guard: Option<Arc<TargetGuard>>,
 }
 
 impl HttpProbe {
     pub fn new(client: reqwest::Client, target: HttpTarget) -> Self {
-        Self { client, target }
+        Self {
+            client,
+            target,
+            guard: None,
+        }
+    }
+
+    /// A probe with its own client whose resolver asks the guard about every address. Its own,
+    /// because the resolver is told only the host name and the guard's API-server rule needs the
+    /// port too. No proxy: through one, the guard would judge the proxy's address, not the
+    /// target's. Redirects are never followed (see [`super::connections`]), so the URL's own
+    /// host is the only one connected to.
+    pub fn guarded(guard: Arc<TargetGuard>, target: HttpTarget) -> Self {
+        let port = reqwest::Url::parse(target.url.expose())
+            .ok()
+            .and_then(|u| u.port_or_known_default())
+            .unwrap_or(80);
+        let resolver = GuardedResolver {
+            guard: guard.clone(),
+            port,
+        };
+        let client = super::connections::http_builder()
+            .no_proxy()
+            .dns_resolver(Arc::new(resolver))
+            .build()
+            .expect("a client without custom TLS roots always builds");
+        Self {
+            client,
+            target,
+            guard: Some(guard),
+        }
+    }
+
+    /// reqwest resolves names through [`GuardedResolver`] but connects to an IP-literal host
+    /// without asking any resolver, so those are judged here.
+    fn check_literal(&self) -> Result<(), Blocked> {
+        let (Some(guard), Ok(url)) = (&self.guard, reqwest::Url::parse(self.target.url.expose()))
+        else {
+            return Ok(());
+        };
+        let ip = match url.host() {
+            Some(url::Host::Ipv4(v4)) => IpAddr::V4(v4),
+            Some(url::Host::Ipv6(v6)) => IpAddr::V6(v6),
+            _ => return Ok(()),
+        };
+        guard.check(SocketAddr::new(
+            ip,
+            url.port_or_known_default().unwrap_or(80),
+        ))
     }
 
     pub async fn run(&self) -> Observation {
         let url = &self.target.url;
+        if let Err(blocked) = self.check_literal() {
+            return Observation::blocked(&blocked);
+        }
         let mut response = match self.client.get(url.expose()).send().await {
             Ok(response) => response,
             Err(e) => {
+                if let Some(blocked) = Blocked::find(&e) {
+                    return Observation::blocked(blocked);
+                }
                 let reason = if e.is_timeout() {
                     Reason::Timeout
                 } else {
@@ -102,6 +161,31 @@ impl HttpProbe {
             }
         }
         Observation::ok(format!("status {status}"))
+    }
+}
+
+/// Resolves with the system resolver, then lets the connection go ahead only if the guard
+/// passes every address; reqwest then connects to exactly these addresses.
+struct GuardedResolver {
+    guard: Arc<TargetGuard>,
+    port: u16,
+}
+
+impl reqwest::dns::Resolve for GuardedResolver {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let guard = self.guard.clone();
+        let port = self.port;
+        Box::pin(async move {
+            let addresses = super::guard::resolve(&guard, name.as_str(), port)
+                .await
+                .map_err(|e| -> Box<dyn std::error::Error + Send + Sync> {
+                    match e {
+                        super::guard::ResolveError::Blocked(b) => Box::new(b),
+                        other => other.to_string().into(),
+                    }
+                })?;
+            Ok(Box::new(addresses.into_iter()) as reqwest::dns::Addrs)
+        })
     }
 }
 

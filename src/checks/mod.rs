@@ -5,6 +5,7 @@
 
 mod connections;
 mod grpc;
+mod guard;
 mod http;
 mod postgres;
 mod redis;
@@ -13,6 +14,7 @@ mod tcp;
 use std::time::Duration;
 
 pub use connections::Connections;
+pub use guard::{Blocked, Cidr, TargetGuard};
 pub use http::HttpTarget;
 pub use redis::QueueTarget;
 
@@ -130,6 +132,10 @@ impl Observation {
         }
     }
 
+    pub fn blocked(blocked: &Blocked) -> Self {
+        Self::down(Reason::Blocked, blocked.to_string())
+    }
+
     pub fn timed_out(timeout: Duration) -> Self {
         Self::down(
             Reason::Timeout,
@@ -155,24 +161,30 @@ impl Probe {
     /// Builds the probe, taking pooled connections from `connections`. Creating a probe never
     /// connects: a dependency that is down at start-up is simply reported down.
     pub fn new(target: &Target, timeout: Duration, connections: &Connections) -> Self {
+        let guard = connections.guard();
         match target {
             Target::Postgres { url } => Probe::Postgres(postgres::PostgresProbe::new(
                 connections.postgres(url, timeout),
                 url.clone(),
+                guard.and_then(|g| postgres::pre_check(g, url)),
             )),
-            Target::Redis { url } => Probe::Redis(redis::RedisProbe::new(connections.redis(url))),
+            Target::Redis { url } => Probe::Redis(redis::RedisProbe::new(
+                connections.redis(url),
+                guard.and_then(|g| redis::pre_check(g, url)),
+            )),
             Target::RedisQueue(queue) => {
                 let QueueTarget { url, .. } = queue;
                 Probe::RedisQueue(redis::QueueProbe::new(
                     connections.redis(url),
                     queue.clone(),
+                    guard.and_then(|g| redis::pre_check(g, url)),
                 ))
             }
-            Target::Http(target) => Probe::Http(http::HttpProbe::new(
-                connections.http_client(),
-                target.clone(),
-            )),
-            Target::Tcp { address } => Probe::Tcp(tcp::TcpProbe::new(address.clone())),
+            Target::Http(target) => Probe::Http(match guard {
+                Some(guard) => http::HttpProbe::guarded(guard, target.clone()),
+                None => http::HttpProbe::new(connections.http_client(), target.clone()),
+            }),
+            Target::Tcp { address } => Probe::Tcp(tcp::TcpProbe::new(address.clone(), guard)),
             Target::Grpc { address, service } => Probe::Grpc(grpc::GrpcProbe::new(
                 connections.grpc(address, timeout),
                 service.clone(),

@@ -1,7 +1,10 @@
 //! `type: postgres`: `SELECT 1` on a pooled connection.
 
-use sqlx::postgres::PgPool;
+use std::sync::Arc;
 
+use sqlx::postgres::{PgConnectOptions, PgPool};
+
+use super::guard::{PreCheck, TargetGuard};
 use super::{CheckBlock, Observation, Target, UrlField};
 use crate::api::PostgresCheck;
 use crate::health::Reason;
@@ -28,11 +31,28 @@ impl CheckBlock for PostgresCheck {
 pub struct PostgresProbe {
     pool: Result<PgPool, String>,
     url: SecretUrl,
+    pre_check: Option<PreCheck>,
+}
+
+/// The host and port sqlx will connect to, as sqlx reads them (a `?host=` in the query wins over
+/// the URL's host, so the URL's own host would be the wrong one to judge). `None` for a Unix
+/// socket (no network) and for a URL sqlx rejects (the pool reports that).
+pub fn pre_check(guard: Arc<TargetGuard>, url: &SecretUrl) -> Option<PreCheck> {
+    let options: PgConnectOptions = url.expose().parse().ok()?;
+    let host = options.get_host();
+    if host.starts_with('/') {
+        return None;
+    }
+    Some(PreCheck::new(guard, host.to_string(), options.get_port()))
 }
 
 impl PostgresProbe {
-    pub fn new(pool: Result<PgPool, String>, url: SecretUrl) -> Self {
-        Self { pool, url }
+    pub fn new(pool: Result<PgPool, String>, url: SecretUrl, pre_check: Option<PreCheck>) -> Self {
+        Self {
+            pool,
+            url,
+            pre_check,
+        }
     }
 
     pub async fn run(&self) -> Observation {
@@ -40,6 +60,11 @@ impl PostgresProbe {
             Ok(pool) => pool,
             Err(e) => return Observation::down(Reason::Config, e.clone()),
         };
+        if let Some(check) = &self.pre_check
+            && let Err(observation) = check.run().await
+        {
+            return observation;
+        }
         let mut result = select_one(pool).await;
         // A pooled connection that died with a restarted server says nothing about the new
         // server; one retry on a fresh connection does (the engine's timeout still bounds both).

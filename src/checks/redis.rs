@@ -1,9 +1,12 @@
 //! `type: redis` (PING) and `type: redisQueue` (the depth of a list or stream): two kinds in one
 //! file because they share the connection manager and the error mapping.
 
+use std::sync::Arc;
+
 use redis::aio::ConnectionManager;
 
 use super::connections::RedisClient;
+use super::guard::{PreCheck, TargetGuard};
 use super::{CheckBlock, Observation, Target, UrlField};
 use crate::api::{QueueKind, RedisCheck, RedisQueueCheck};
 use crate::health::{Outcome, Reason};
@@ -84,17 +87,31 @@ impl CheckBlock for RedisQueueCheck {
     }
 }
 
+/// The host and port the redis crate will connect to, as it reads the URL. `None` for a Unix
+/// socket (no network) and for a URL the crate rejects (the client reports that).
+pub fn pre_check(guard: Arc<TargetGuard>, url: &SecretUrl) -> Option<PreCheck> {
+    let client = redis::Client::open(url.expose()).ok()?;
+    match client.get_connection_info().addr() {
+        redis::ConnectionAddr::Tcp(host, port)
+        | redis::ConnectionAddr::TcpTls { host, port, .. } => {
+            Some(PreCheck::new(guard, host.clone(), *port))
+        }
+        _ => None,
+    }
+}
+
 pub struct RedisProbe {
     client: RedisClient,
+    pre_check: Option<PreCheck>,
 }
 
 impl RedisProbe {
-    pub fn new(client: RedisClient) -> Self {
-        Self { client }
+    pub fn new(client: RedisClient, pre_check: Option<PreCheck>) -> Self {
+        Self { client, pre_check }
     }
 
     pub async fn run(&self) -> Observation {
-        let mut conn = match connection(&self.client) {
+        let mut conn = match connection(&self.client, &self.pre_check).await {
             Ok(conn) => conn,
             Err(observation) => return observation,
         };
@@ -111,15 +128,20 @@ impl RedisProbe {
 pub struct QueueProbe {
     client: RedisClient,
     queue: QueueTarget,
+    pre_check: Option<PreCheck>,
 }
 
 impl QueueProbe {
-    pub fn new(client: RedisClient, queue: QueueTarget) -> Self {
-        Self { client, queue }
+    pub fn new(client: RedisClient, queue: QueueTarget, pre_check: Option<PreCheck>) -> Self {
+        Self {
+            client,
+            queue,
+            pre_check,
+        }
     }
 
     pub async fn run(&self) -> Observation {
-        let mut conn = match connection(&self.client) {
+        let mut conn = match connection(&self.client, &self.pre_check).await {
             Ok(conn) => conn,
             Err(observation) => return observation,
         };
@@ -192,10 +214,18 @@ pub fn judge_depth(
     }
 }
 
-fn connection(client: &RedisClient) -> Result<ConnectionManager, Observation> {
-    client
+async fn connection(
+    client: &RedisClient,
+    pre_check: &Option<PreCheck>,
+) -> Result<ConnectionManager, Observation> {
+    let client = client
         .clone()
-        .map_err(|e| Observation::down(Reason::Config, e))
+        .map_err(|e| Observation::down(Reason::Config, e))?;
+    // The manager connects lazily, on the first command: nothing has been sent yet.
+    if let Some(check) = pre_check {
+        check.run().await?;
+    }
+    Ok(client)
 }
 
 /// Redis errors describe the command and server reply, never the connection URL.

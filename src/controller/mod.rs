@@ -20,6 +20,7 @@ pub mod status;
 mod writer;
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -158,7 +159,8 @@ impl Context {
 const NAMESPACE_FILE: &str = "/var/run/secrets/kubernetes.io/serviceaccount/namespace";
 
 /// Builds the client (in-cluster config or KUBECONFIG) and resolves the flags into [`Settings`].
-pub async fn connect(args: KubeArgs) -> Result<(Client, Settings)> {
+/// Also returns the API server's addresses, which the target guard denies to checks.
+pub async fn connect(args: KubeArgs) -> Result<(Client, Settings, Vec<SocketAddr>)> {
     let KubeArgs {
         namespace,
         all_namespaces,
@@ -195,6 +197,7 @@ pub async fn connect(args: KubeArgs) -> Result<(Client, Settings)> {
         .or_else(|| std::env::var("HOSTNAME").ok())
         .filter(|name| !name.is_empty())
         .unwrap_or_else(|| format!("healthgate-{:08x}", rand::random::<u32>()));
+    let api_server = api_server_addresses(&config.cluster_url).await?;
     let client = Client::try_from(config)?;
     Ok((
         client,
@@ -207,7 +210,27 @@ pub async fn connect(args: KubeArgs) -> Result<(Client, Settings)> {
             write_qps: api_write_qps,
             write_burst: api_write_burst,
         },
+        api_server,
     ))
+}
+
+/// Where the cluster URL points, resolved once at start. In a pod that is the `kubernetes`
+/// Service's ClusterIP; the addresses behind it are not known here (see README, "Target guard").
+/// A name that does not resolve fails the start: the guard would otherwise miss it.
+async fn api_server_addresses(url: &hyper::Uri) -> Result<Vec<SocketAddr>> {
+    let host = url
+        .host()
+        .ok_or_else(|| Error::Config(format!("the cluster URL {url} has no host")))?;
+    let port = url.port_u16().unwrap_or(match url.scheme_str() {
+        Some("http") => 80,
+        _ => 443,
+    });
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    let addresses: Vec<SocketAddr> = tokio::net::lookup_host((bare, port))
+        .await
+        .map_err(|e| Error::Config(format!("resolving the API server {host}: {e}")))?
+        .collect();
+    Ok(addresses)
 }
 
 /// Runs the controller, the leader election, cascade protection and the status writer until

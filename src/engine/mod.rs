@@ -28,7 +28,7 @@ pub use ready_cache::Rendered;
 pub use report::{CheckView, Report, View};
 pub use snapshot::{DependencyView, PolicySnapshot};
 
-use crate::checks::{Connections, Probe};
+use crate::checks::{Connections, Probe, TargetGuard};
 use crate::health::{State, aggregate, effective_state};
 use crate::policy::{DependencySpec, Policy};
 
@@ -148,11 +148,16 @@ struct Inner {
 
 impl Engine {
     pub fn new(metrics: CheckMetrics) -> Self {
+        Self::with_guard(metrics, None)
+    }
+
+    /// An engine whose every check asks `guard` before it connects.
+    pub fn with_guard(metrics: CheckMetrics, guard: Option<TargetGuard>) -> Self {
         Self {
             inner: Arc::new(Inner {
                 policies: RwLock::default(),
                 ready: ReadyCache::default(),
-                connections: Connections::default(),
+                connections: Connections::new(guard),
                 metrics,
                 cancel: CancellationToken::new(),
                 tasks: TaskTracker::new(),

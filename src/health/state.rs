@@ -95,10 +95,12 @@ pub enum Reason {
     NotServing,
     /// The dependency's configuration could not be used (e.g. an unresolved secret).
     Config,
+    /// The target guard refused the resolved address; nothing was sent to it.
+    Blocked,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 11] = [
+    pub const ALL: [Reason; 12] = [
         Reason::Ok,
         Reason::Slow,
         Reason::QueueDepth,
@@ -110,6 +112,7 @@ impl Reason {
         Reason::Body,
         Reason::NotServing,
         Reason::Config,
+        Reason::Blocked,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -125,6 +128,7 @@ impl Reason {
             Reason::Body => "body",
             Reason::NotServing => "not_serving",
             Reason::Config => "config",
+            Reason::Blocked => "blocked",
         }
     }
 }

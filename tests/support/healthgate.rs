@@ -98,7 +98,15 @@ impl Healthgate {
             // The test machine's own pod identity, if any, must not leak in.
             .env_remove("POD_NAME")
             .env_remove("POD_NAMESPACE")
-            .env_remove("HEALTHGATE_POLICY");
+            .env_remove("HEALTHGATE_POLICY")
+            .env_remove("HEALTHGATE_ALLOW_CIDR")
+            .env_remove("HEALTHGATE_DENY_CIDR");
+        // Every test dependency listens on loopback, which the target guard denies in
+        // Kubernetes mode unless allowed; tests of the guard itself pass their own flags.
+        let guard_flags = ["--allow-cidr", "--deny-cidr", "--policy-name"];
+        if !args.iter().any(|a| guard_flags.contains(a)) {
+            cmd.args(["--allow-cidr", "127.0.0.0/8"]);
+        }
         Self::launch(cmd, dir, env, args)
     }
 
