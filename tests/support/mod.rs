@@ -3,6 +3,7 @@
 pub mod apiserver;
 pub mod healthgate;
 pub mod kube_env;
+pub mod netns;
 pub mod node;
 pub mod policy;
 pub mod services;
