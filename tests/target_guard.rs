@@ -19,6 +19,7 @@ use support::healthgate::Healthgate;
 use support::kube_env::{SETTLE, env};
 use support::netns::{CountingListener, HTTP_OK, Netns};
 use support::policy;
+use support::services::{Postgres, Redis};
 
 const METADATA: &str = "169.254.169.254";
 const TENANT: &str = "10.1.2.3";
@@ -46,15 +47,26 @@ fn queue(name: &str, url: &str) -> String {
 
 /// Waits until every named check has a result with `status`, then returns the /ready body.
 fn wait_checks(hg: &Healthgate, path: &str, expected: &[(&str, &str)]) -> Value {
-    hg.wait_until("every check reported", SETTLE, |hg| {
-        hg.try_get(path).is_ok_and(|r| {
-            let body: Value = serde_json::from_str(&r.body).unwrap_or_default();
-            expected
-                .iter()
-                .all(|(name, status)| body["checks"][name]["status"] == *status)
-        })
-    });
-    hg.get(path).json()
+    let started = std::time::Instant::now();
+    loop {
+        let body: Value = hg
+            .try_get(path)
+            .ok()
+            .and_then(|r| serde_json::from_str(&r.body).ok())
+            .unwrap_or_default();
+        if expected
+            .iter()
+            .all(|(name, status)| body["checks"][name]["status"] == *status)
+        {
+            return body;
+        }
+        assert!(
+            started.elapsed() < SETTLE,
+            "timed out waiting for {expected:?}:\n{body:#}\nlogs:\n{}",
+            hg.logs().join("\n")
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 fn assert_blocked(body: &Value, name: &str, rule: &str) {
@@ -87,6 +99,9 @@ fn standalone_flags_block_metadata_denied_cidrs_and_names_without_connecting() {
             CountingListener::start(LOCAL, &redirect_to),
         )
     });
+    // Real servers on an allowed address: guarded postgres and redis checks connect to the
+    // address the guard judged, and work.
+    let (pg, redis) = netns.enter(|| (Postgres::start_on(LOCAL), Redis::start_on(LOCAL)));
     let m = metadata.port();
     let deps = [
         policy::tcp("meta-tcp", &format!("{METADATA}:{m}"), true),
@@ -136,6 +151,9 @@ fn standalone_flags_block_metadata_denied_cidrs_and_names_without_connecting() {
             "control-http",
             &format!("http://{LOCAL}:{}/", control.port()),
         ),
+        policy::postgres("control-postgres", &policy::inline(&pg.url())),
+        policy::redis("control-redis", &policy::inline(&redis.url())),
+        queue("control-queue", &redis.url()),
     ]
     .concat();
     let args = [
@@ -191,6 +209,9 @@ fn standalone_flags_block_metadata_denied_cidrs_and_names_without_connecting() {
         ("redirect", "down"),
         ("control-tcp", "ok"),
         ("control-http", "ok"),
+        ("control-postgres", "ok"),
+        ("control-redis", "ok"),
+        ("control-queue", "ok"),
     ]);
     netns.enter(|| wait_checks(&hg, "/ready", &expected));
     std::thread::sleep(ROUNDS);

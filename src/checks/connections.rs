@@ -66,14 +66,7 @@ impl Connections {
             .expose()
             .parse()
             .map_err(|e: sqlx::Error| url.scrub(&e.to_string()))?;
-        let pool = PgPoolOptions::new()
-            .max_connections(CHECK_POOL_SIZE)
-            .min_connections(0)
-            .acquire_timeout(timeout)
-            .idle_timeout(CHECK_POOL_IDLE)
-            // `SELECT 1` is the test; a ping before it would double the statements per check.
-            .test_before_acquire(false)
-            .connect_lazy_with(options.application_name("healthgate"));
+        let pool = postgres_pool(options, timeout);
         pools.insert(url.clone(), pool.clone());
         Ok(pool)
     }
@@ -82,17 +75,7 @@ impl Connections {
         let mut clients = self.redis.lock().expect("connections lock");
         clients
             .entry(url.clone())
-            .or_insert_with(|| {
-                let client =
-                    redis::Client::open(url.expose()).map_err(|e| url.scrub(&e.to_string()))?;
-                let config = ConnectionManagerConfig::new()
-                    .set_number_of_retries(REDIS_RETRIES)
-                    .set_max_delay(Duration::from_secs(1))
-                    .set_connection_timeout(Some(Duration::from_secs(2)))
-                    .set_response_timeout(Some(Duration::from_secs(5)));
-                ConnectionManager::new_lazy_with_config(client, config)
-                    .map_err(|e| url.scrub(&e.to_string()))
-            })
+            .or_insert_with(|| redis_manager(url))
             .clone()
     }
 
@@ -171,6 +154,30 @@ impl Connections {
         self.redis.lock().expect("connections lock").clear();
         self.grpc.lock().expect("connections lock").clear();
     }
+}
+
+/// A check's PostgreSQL pool, shared or pinned to an address (see [`super::guard::ClientSource`]).
+/// Lazy: it connects on the first check.
+pub fn postgres_pool(options: PgConnectOptions, timeout: Duration) -> PgPool {
+    PgPoolOptions::new()
+        .max_connections(CHECK_POOL_SIZE)
+        .min_connections(0)
+        .acquire_timeout(timeout)
+        .idle_timeout(CHECK_POOL_IDLE)
+        // `SELECT 1` is the test; a ping before it would double the statements per check.
+        .test_before_acquire(false)
+        .connect_lazy_with(options.application_name("healthgate"))
+}
+
+/// A check's Redis connection manager, shared or pinned. Lazy: it connects on the first command.
+pub fn redis_manager(url: &SecretUrl) -> RedisClient {
+    let client = redis::Client::open(url.expose()).map_err(|e| url.scrub(&e.to_string()))?;
+    let config = ConnectionManagerConfig::new()
+        .set_number_of_retries(REDIS_RETRIES)
+        .set_max_delay(Duration::from_secs(1))
+        .set_connection_timeout(Some(Duration::from_secs(2)))
+        .set_response_timeout(Some(Duration::from_secs(5)));
+    ConnectionManager::new_lazy_with_config(client, config).map_err(|e| url.scrub(&e.to_string()))
 }
 
 /// Every HTTP check's client settings, guarded or not.

@@ -21,9 +21,12 @@
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::str::FromStr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use ipnet::IpNet;
+
+use super::Observation;
+use crate::health::Reason;
 
 /// Link-local ranges: cloud metadata services (169.254.169.254, fd00:ec2::254 aside) and
 /// node-local agents live here, and no dependency a policy should reach does.
@@ -197,9 +200,8 @@ pub async fn resolve(
     Ok(addresses)
 }
 
-/// A driver's host and port, checked before every probe, for clients that resolve names
-/// themselves (sqlx, redis): they would connect to what they resolve, so this cannot pin the
-/// address, only refuse a name whose current addresses are denied (see README, "Target guard").
+/// A driver's host and port, judged before every probe of a client that resolves names itself
+/// (sqlx, redis). See [`ClientSource`] for how the client is then tied to what was judged.
 #[derive(Clone, Debug)]
 pub struct PreCheck {
     guard: Arc<TargetGuard>,
@@ -212,14 +214,75 @@ impl PreCheck {
         Self { guard, host, port }
     }
 
-    /// `Err` is the observation to report instead of probing.
-    pub async fn run(&self) -> Result<(), crate::checks::Observation> {
-        use crate::checks::Observation;
-        use crate::health::Reason;
+    /// The judged addresses; `Err` is the observation to report instead of probing.
+    pub async fn resolve(&self) -> Result<Vec<SocketAddr>, Observation> {
         match resolve(&self.guard, &self.host, self.port).await {
-            Ok(_) => Ok(()),
+            Ok(addresses) => Ok(addresses),
             Err(ResolveError::Blocked(b)) => Err(Observation::blocked(&b)),
             Err(ResolveError::Lookup(message)) => Err(Observation::down(Reason::Connect, message)),
+        }
+    }
+}
+
+type Build<C> = Box<dyn Fn(SocketAddr) -> Result<C, String> + Send + Sync>;
+
+/// Where a postgres or redis probe gets its pooled client.
+pub enum ClientSource<C> {
+    /// No guard: the client shared by every check of the URL.
+    Shared(Result<C, String>),
+    /// Guarded, and connected to the judged address itself: the name is resolved and judged
+    /// before every probe, and the client is rebuilt for a new address when the name stops
+    /// resolving to the one it connects to, so the driver never resolves the name itself.
+    Pinned(Pinned<C>),
+    /// Guarded where the driver needs the name to connect (TLS hostname verification): judged
+    /// before every probe, but the driver resolves again when it connects (README: "Remaining
+    /// windows").
+    Checked(Result<C, String>, PreCheck),
+}
+
+pub struct Pinned<C> {
+    check: PreCheck,
+    build: Build<C>,
+    current: Mutex<Option<(SocketAddr, C)>>,
+}
+
+impl<C: Clone> ClientSource<C> {
+    pub fn pinned(
+        check: PreCheck,
+        build: impl Fn(SocketAddr) -> Result<C, String> + Send + Sync + 'static,
+    ) -> Self {
+        ClientSource::Pinned(Pinned {
+            check,
+            build: Box::new(build),
+            current: Mutex::new(None),
+        })
+    }
+
+    /// The client to probe with; `Err` is the observation to report instead (blocked, a failed
+    /// lookup, an unusable URL). Nothing has connected when it returns.
+    pub async fn get(&self) -> Result<C, Observation> {
+        let config = |e: &String| Observation::down(Reason::Config, e.clone());
+        match self {
+            ClientSource::Shared(client) => client.clone().map_err(|e| config(&e)),
+            ClientSource::Checked(client, check) => {
+                let client = client.clone().map_err(|e| config(&e))?;
+                check.resolve().await?;
+                Ok(client)
+            }
+            ClientSource::Pinned(pinned) => {
+                let addresses = pinned.check.resolve().await?;
+                let mut current = pinned.current.lock().expect("pinned client lock");
+                if let Some((address, client)) = current.as_ref()
+                    && addresses.contains(address)
+                {
+                    return Ok(client.clone());
+                }
+                // Dropping the client for the old address closes its connections.
+                let address = addresses[0];
+                let client = (pinned.build)(address).map_err(|e| config(&e))?;
+                *current = Some((address, client.clone()));
+                Ok(client)
+            }
         }
     }
 }
@@ -430,6 +493,44 @@ mod tests {
         for (text, message) in bad {
             assert_eq!(text.parse::<Cidr>().unwrap_err(), message, "{text}");
         }
+    }
+
+    #[tokio::test]
+    async fn a_pinned_client_is_built_for_the_judged_address_once() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let guard = Arc::new(TargetGuard::new(
+            vec![],
+            cidrs(&["127.0.0.2"]),
+            vec![],
+            true,
+        ));
+        let builds = Arc::new(AtomicUsize::new(0));
+        let source = |host: &str| {
+            let builds = builds.clone();
+            ClientSource::pinned(
+                PreCheck::new(guard.clone(), host.to_string(), 5432),
+                move |address| {
+                    builds.fetch_add(1, Ordering::SeqCst);
+                    Ok(address)
+                },
+            )
+        };
+        let allowed = source("127.0.0.1");
+        assert_eq!(allowed.get().await.unwrap(), addr("127.0.0.1:5432"));
+        assert_eq!(allowed.get().await.unwrap(), addr("127.0.0.1:5432"));
+        assert_eq!(builds.load(Ordering::SeqCst), 1, "one client per address");
+
+        let denied = source("127.0.0.2").get().await.unwrap_err();
+        assert_eq!(denied.reason, Reason::Blocked);
+        assert_eq!(
+            denied.error.as_deref(),
+            Some("127.0.0.2 is in --deny-cidr 127.0.0.2/32; blocked by the target guard")
+        );
+        assert_eq!(
+            builds.load(Ordering::SeqCst),
+            1,
+            "no client for a denied address"
+        );
     }
 
     #[test]

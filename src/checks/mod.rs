@@ -164,20 +164,19 @@ impl Probe {
         let guard = connections.guard();
         match target {
             Target::Postgres { url } => Probe::Postgres(postgres::PostgresProbe::new(
-                connections.postgres(url, timeout),
+                postgres::source(connections, guard, url, timeout),
                 url.clone(),
-                guard.and_then(|g| postgres::pre_check(g, url)),
             )),
-            Target::Redis { url } => Probe::Redis(redis::RedisProbe::new(
-                connections.redis(url),
-                guard.and_then(|g| redis::pre_check(g, url)),
-            )),
+            Target::Redis { url } => Probe::Redis(redis::RedisProbe::new(redis::source(
+                connections,
+                guard,
+                url,
+            ))),
             Target::RedisQueue(queue) => {
                 let QueueTarget { url, .. } = queue;
                 Probe::RedisQueue(redis::QueueProbe::new(
-                    connections.redis(url),
+                    redis::source(connections, guard, url),
                     queue.clone(),
-                    guard.and_then(|g| redis::pre_check(g, url)),
                 ))
             }
             Target::Http(target) => Probe::Http(match guard {

@@ -1,10 +1,12 @@
 //! `type: postgres`: `SELECT 1` on a pooled connection.
 
 use std::sync::Arc;
+use std::time::Duration;
 
-use sqlx::postgres::{PgConnectOptions, PgPool};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgSslMode};
 
-use super::guard::{PreCheck, TargetGuard};
+use super::connections::{Connections, postgres_pool};
+use super::guard::{ClientSource, PreCheck, TargetGuard};
 use super::{CheckBlock, Observation, Target, UrlField};
 use crate::api::PostgresCheck;
 use crate::health::Reason;
@@ -29,42 +31,59 @@ impl CheckBlock for PostgresCheck {
 }
 
 pub struct PostgresProbe {
-    pool: Result<PgPool, String>,
+    pool: ClientSource<PgPool>,
     url: SecretUrl,
-    pre_check: Option<PreCheck>,
 }
 
-/// The host and port sqlx will connect to, as sqlx reads them (a `?host=` in the query wins over
-/// the URL's host, so the URL's own host would be the wrong one to judge). `None` for a Unix
-/// socket (no network) and for a URL sqlx rejects (the pool reports that).
-pub fn pre_check(guard: Arc<TargetGuard>, url: &SecretUrl) -> Option<PreCheck> {
-    let options: PgConnectOptions = url.expose().parse().ok()?;
+/// Where the probe's pool comes from. Guarded, it connects to the address the guard judged:
+/// the host and port as sqlx reads them (a `?host=` or `?hostaddr=` in the query wins over the
+/// URL's host, so the URL's own host would be the wrong one to judge), with the host replaced by
+/// that address. `sslmode=verify-full` needs the name to verify the certificate, so there the
+/// name is judged before each probe and sqlx resolves it again. A Unix socket is not a network
+/// target and is not judged.
+pub fn source(
+    connections: &Connections,
+    guard: Option<Arc<TargetGuard>>,
+    url: &SecretUrl,
+    timeout: Duration,
+) -> ClientSource<PgPool> {
+    let shared = || connections.postgres(url, timeout);
+    let Some(guard) = guard else {
+        return ClientSource::Shared(shared());
+    };
+    let options: PgConnectOptions = match url.expose().parse() {
+        Ok(options) => options,
+        // The shared pool reports the parse error, scrubbed.
+        Err(_) => return ClientSource::Shared(shared()),
+    };
     let host = options.get_host();
-    if host.starts_with('/') {
-        return None;
+    if options.get_socket().is_some() || host.starts_with('/') {
+        return ClientSource::Shared(shared());
     }
-    Some(PreCheck::new(guard, host.to_string(), options.get_port()))
+    let check = PreCheck::new(guard, host.to_string(), options.get_port());
+    if matches!(options.get_ssl_mode(), PgSslMode::VerifyFull) {
+        return ClientSource::Checked(shared(), check);
+    }
+    ClientSource::pinned(check, move |address| {
+        let pinned = options
+            .clone()
+            .host(&address.ip().to_string())
+            .port(address.port());
+        Ok(postgres_pool(pinned, timeout))
+    })
 }
 
 impl PostgresProbe {
-    pub fn new(pool: Result<PgPool, String>, url: SecretUrl, pre_check: Option<PreCheck>) -> Self {
-        Self {
-            pool,
-            url,
-            pre_check,
-        }
+    pub fn new(pool: ClientSource<PgPool>, url: SecretUrl) -> Self {
+        Self { pool, url }
     }
 
     pub async fn run(&self) -> Observation {
-        let pool = match &self.pool {
+        let pool = match self.pool.get().await {
             Ok(pool) => pool,
-            Err(e) => return Observation::down(Reason::Config, e.clone()),
+            Err(observation) => return observation,
         };
-        if let Some(check) = &self.pre_check
-            && let Err(observation) = check.run().await
-        {
-            return observation;
-        }
+        let pool = &pool;
         let mut result = select_one(pool).await;
         // A pooled connection that died with a restarted server says nothing about the new
         // server; one retry on a fresh connection does (the engine's timeout still bounds both).

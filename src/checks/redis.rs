@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use redis::aio::ConnectionManager;
 
-use super::connections::RedisClient;
-use super::guard::{PreCheck, TargetGuard};
+use super::connections::{Connections, redis_manager};
+use super::guard::{ClientSource, PreCheck, TargetGuard};
 use super::{CheckBlock, Observation, Target, UrlField};
 use crate::api::{QueueKind, RedisCheck, RedisQueueCheck};
 use crate::health::{Outcome, Reason};
@@ -87,31 +87,55 @@ impl CheckBlock for RedisQueueCheck {
     }
 }
 
-/// The host and port the redis crate will connect to, as it reads the URL. `None` for a Unix
-/// socket (no network) and for a URL the crate rejects (the client reports that).
-pub fn pre_check(guard: Arc<TargetGuard>, url: &SecretUrl) -> Option<PreCheck> {
-    let client = redis::Client::open(url.expose()).ok()?;
+/// Where the probe's connection manager comes from. Guarded, it connects to the address the
+/// guard judged (the host and port as the redis crate reads them, the URL's host replaced by that
+/// address), and its reconnects go there too. `rediss` keeps the name for TLS and is judged
+/// before each probe only. A Unix socket is not a network target and is not judged.
+pub fn source(
+    connections: &Connections,
+    guard: Option<Arc<TargetGuard>>,
+    url: &SecretUrl,
+) -> ClientSource<ConnectionManager> {
+    let shared = || connections.redis(url);
+    let Some(guard) = guard else {
+        return ClientSource::Shared(shared());
+    };
+    // The shared client reports an unusable URL, scrubbed.
+    let Ok(client) = redis::Client::open(url.expose()) else {
+        return ClientSource::Shared(shared());
+    };
     match client.get_connection_info().addr() {
-        redis::ConnectionAddr::Tcp(host, port)
-        | redis::ConnectionAddr::TcpTls { host, port, .. } => {
-            Some(PreCheck::new(guard, host.clone(), *port))
+        redis::ConnectionAddr::Tcp(host, port) => {
+            let check = PreCheck::new(guard, host.clone(), *port);
+            let url = url.clone();
+            ClientSource::pinned(check, move |address| {
+                let mut pinned =
+                    url::Url::parse(url.expose()).map_err(|e| url.scrub(&e.to_string()))?;
+                pinned
+                    .set_ip_host(address.ip())
+                    .and_then(|()| pinned.set_port(Some(address.port())))
+                    .map_err(|()| "the Redis URL cannot take an address as its host".to_string())?;
+                redis_manager(&SecretUrl::new(pinned.to_string()))
+            })
         }
-        _ => None,
+        redis::ConnectionAddr::TcpTls { host, port, .. } => {
+            ClientSource::Checked(shared(), PreCheck::new(guard, host.clone(), *port))
+        }
+        _ => ClientSource::Shared(shared()),
     }
 }
 
 pub struct RedisProbe {
-    client: RedisClient,
-    pre_check: Option<PreCheck>,
+    client: ClientSource<ConnectionManager>,
 }
 
 impl RedisProbe {
-    pub fn new(client: RedisClient, pre_check: Option<PreCheck>) -> Self {
-        Self { client, pre_check }
+    pub fn new(client: ClientSource<ConnectionManager>) -> Self {
+        Self { client }
     }
 
     pub async fn run(&self) -> Observation {
-        let mut conn = match connection(&self.client, &self.pre_check).await {
+        let mut conn = match self.client.get().await {
             Ok(conn) => conn,
             Err(observation) => return observation,
         };
@@ -126,22 +150,17 @@ impl RedisProbe {
 }
 
 pub struct QueueProbe {
-    client: RedisClient,
+    client: ClientSource<ConnectionManager>,
     queue: QueueTarget,
-    pre_check: Option<PreCheck>,
 }
 
 impl QueueProbe {
-    pub fn new(client: RedisClient, queue: QueueTarget, pre_check: Option<PreCheck>) -> Self {
-        Self {
-            client,
-            queue,
-            pre_check,
-        }
+    pub fn new(client: ClientSource<ConnectionManager>, queue: QueueTarget) -> Self {
+        Self { client, queue }
     }
 
     pub async fn run(&self) -> Observation {
-        let mut conn = match connection(&self.client, &self.pre_check).await {
+        let mut conn = match self.client.get().await {
             Ok(conn) => conn,
             Err(observation) => return observation,
         };
@@ -212,20 +231,6 @@ pub fn judge_depth(
         error: None,
         queue_depth: Some(depth),
     }
-}
-
-async fn connection(
-    client: &RedisClient,
-    pre_check: &Option<PreCheck>,
-) -> Result<ConnectionManager, Observation> {
-    let client = client
-        .clone()
-        .map_err(|e| Observation::down(Reason::Config, e))?;
-    // The manager connects lazily, on the first command: nothing has been sent yet.
-    if let Some(check) = pre_check {
-        check.run().await?;
-    }
-    Ok(client)
 }
 
 /// Redis errors describe the command and server reply, never the connection URL.
