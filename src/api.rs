@@ -22,6 +22,8 @@ pub const DURATION_MAX_LEN: u32 = 32;
 /// a value too large for it fails the rule too.
 const MAX_INTERVAL_RULE: &str = "duration(self) <= duration('1h')";
 const MAX_TIMEOUT_RULE: &str = "duration(self) <= duration('5m')";
+const NOT_BOTH_FAILURE_RULES: &str = "!has(self.failureThreshold) || !has(self.failureWindow)";
+const NOT_BOTH_SUCCESS_RULES: &str = "!has(self.successThreshold) || !has(self.successWindow)";
 /// A DNS label (RFC 1123), so a dependency name is safe as a metric label and a status key.
 pub const DNS_LABEL_PATTERN: &str = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$";
 /// Status code ranges for HTTP checks: `200`, `200-299`, `200-299,301`.
@@ -128,6 +130,8 @@ pub struct CascadeProtection {
 /// Check settings shared by all dependencies of a policy.
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new(NOT_BOTH_FAILURE_RULES).message("set failureThreshold or failureWindow, not both"))]
+#[x_kube(validation = Rule::new(NOT_BOTH_SUCCESS_RULES).message("set successThreshold or successWindow, not both"))]
 pub struct CheckDefaults {
     /// Time between two checks of a dependency (a random jitter of up to 10% is added),
     /// 100ms-1h. Default 5s.
@@ -140,18 +144,62 @@ pub struct CheckDefaults {
     #[schemars(regex(pattern = DURATION_PATTERN), length(max = DURATION_MAX_LEN))]
     #[x_kube(validation = Rule::new(MAX_TIMEOUT_RULE).message("must be at most 5m"))]
     pub timeout: Option<String>,
+    /// While a dependency is failing (its latest check failed, or it is reported down), check it
+    /// this often instead of every interval, so an outage is confirmed and a recovery seen
+    /// sooner. At least 100ms and at most the interval. Unset: always the interval.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = DURATION_PATTERN), length(max = DURATION_MAX_LEN))]
+    #[x_kube(validation = Rule::new(MAX_INTERVAL_RULE).message("must be at most 1h"))]
+    pub retry_interval: Option<String>,
     /// Consecutive failures before a healthy dependency is reported down. Default 1.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 100))]
     pub failure_threshold: Option<i32>,
+    /// Instead of failureThreshold: a healthy dependency is reported down once this many of its
+    /// latest checks failed, consecutive or not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_window: Option<FailureWindow>,
     /// Consecutive successes before a down dependency is reported healthy again. Default 1.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 100))]
     pub success_threshold: Option<i32>,
+    /// Instead of successThreshold: a down dependency is reported healthy again once this many
+    /// of its latest checks passed, consecutive or not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub success_window: Option<SuccessWindow>,
     /// A successful check slower than this reports the dependency as degraded. Unset: never.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = DURATION_PATTERN))]
     pub degraded_latency: Option<String>,
+}
+
+/// "At least `failures` of the latest `of` checks failed": the rule for reporting a healthy
+/// dependency down. `{failures: 3, of: 5}` ignores a lone failure, which failureThreshold 1 does
+/// not, and catches a flapping dependency, which failureThreshold 3 never does.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.failures <= self.of").message("failures must be at most of"))]
+pub struct FailureWindow {
+    /// Failed checks within the window that report the dependency down (1-64).
+    #[schemars(range(min = 1, max = 64))]
+    pub failures: i32,
+    /// How many of the latest checks the window covers (1-64).
+    #[schemars(range(min = 1, max = 64))]
+    pub of: i32,
+}
+
+/// "At least `successes` of the latest `of` checks passed": the rule for reporting a down
+/// dependency healthy again.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.successes <= self.of").message("successes must be at most of"))]
+pub struct SuccessWindow {
+    /// Passed checks within the window that report the dependency healthy again (1-64).
+    #[schemars(range(min = 1, max = 64))]
+    pub successes: i32,
+    /// How many of the latest checks the window covers (1-64).
+    #[schemars(range(min = 1, max = 64))]
+    pub of: i32,
 }
 
 /// HTTP status codes returned by /ready.
@@ -218,6 +266,8 @@ impl DependencyType {
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new(one_block_rule()).message("exactly the check block named by `type` must be set"))]
+#[x_kube(validation = Rule::new(NOT_BOTH_FAILURE_RULES).message("set failureThreshold or failureWindow, not both"))]
+#[x_kube(validation = Rule::new(NOT_BOTH_SUCCESS_RULES).message("set successThreshold or successWindow, not both"))]
 pub struct Dependency {
     /// Unique name of the dependency (a DNS label); used in /ready, metrics and status.
     #[schemars(length(min = 1, max = 63), regex(pattern = DNS_LABEL_PATTERN))]
@@ -239,14 +289,29 @@ pub struct Dependency {
     #[schemars(regex(pattern = DURATION_PATTERN), length(max = DURATION_MAX_LEN))]
     #[x_kube(validation = Rule::new(MAX_TIMEOUT_RULE).message("must be at most 5m"))]
     pub timeout: Option<String>,
-    /// Overrides defaults.failureThreshold for this dependency.
+    /// Overrides defaults.retryInterval for this dependency.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = DURATION_PATTERN), length(max = DURATION_MAX_LEN))]
+    #[x_kube(validation = Rule::new(MAX_INTERVAL_RULE).message("must be at most 1h"))]
+    pub retry_interval: Option<String>,
+    /// Overrides the defaults' failure rule (failureThreshold or failureWindow) for this
+    /// dependency.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 100))]
     pub failure_threshold: Option<i32>,
-    /// Overrides defaults.successThreshold for this dependency.
+    /// Overrides the defaults' failure rule (failureThreshold or failureWindow) for this
+    /// dependency.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_window: Option<FailureWindow>,
+    /// Overrides the defaults' success rule (successThreshold or successWindow) for this
+    /// dependency.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 100))]
     pub success_threshold: Option<i32>,
+    /// Overrides the defaults' success rule (successThreshold or successWindow) for this
+    /// dependency.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub success_window: Option<SuccessWindow>,
     /// Overrides defaults.degradedLatency for this dependency.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = DURATION_PATTERN))]

@@ -21,7 +21,8 @@ const API_VERSION: &str = "healthgate.dev/v1alpha1";
 /// The full example from the issue: every dependency type and every optional setting.
 fn full_spec() -> Value {
     json!({
-        "defaults": {"interval": "5s", "timeout": "1s", "failureThreshold": 1, "successThreshold": 1},
+        "defaults": {"interval": "5s", "timeout": "1s", "failureThreshold": 1, "successThreshold": 1,
+                     "retryInterval": "1s"},
         "maxStaleness": "30s",
         "statusCodes": {"ok": 200, "degraded": 207, "down": 503},
         "dependencies": [
@@ -33,7 +34,8 @@ fn full_spec() -> Value {
                             "degradedAbove": 10000, "downAbove": 100000}},
             {"name": "search", "type": "http", "critical": false,
              "http": {"url": "http://127.0.0.1:9200/_health", "expectStatus": "200-299"}},
-            {"name": "smtp", "type": "tcp", "tcp": {"address": "127.0.0.1:25"}},
+            {"name": "smtp", "type": "tcp", "tcp": {"address": "127.0.0.1:25"},
+             "failureWindow": {"failures": 3, "of": 5}, "successWindow": {"successes": 2, "of": 3}},
             {"name": "billing", "type": "grpc", "grpc": {"address": "127.0.0.1:50051", "service": ""}},
         ],
     })
@@ -434,6 +436,34 @@ async fn invalid_policies_are_rejected_naming_the_field() {
                 "spec.dependencies[0].timeout",
                 "must be at most 5m",
             ],
+        ),
+        (
+            "CEL: a threshold and a window for the same side",
+            json!({"defaults": {"failureThreshold": 2, "failureWindow": {"failures": 2, "of": 4}},
+                   "dependencies": [dep(json!({"successThreshold": 2,
+                                                "successWindow": {"successes": 2, "of": 3}}))]}),
+            vec![
+                "spec.defaults",
+                "set failureThreshold or failureWindow, not both",
+                "spec.dependencies[0]",
+                "set successThreshold or successWindow, not both",
+            ],
+        ),
+        (
+            "CEL: a window asking for more checks than it covers",
+            json!({"dependencies": [dep(json!({"failureWindow": {"failures": 6, "of": 5},
+                                                "successWindow": {"successes": 1, "of": 65}}))]}),
+            vec![
+                "spec.dependencies[0].failureWindow",
+                "failures must be at most of",
+                "spec.dependencies[0].successWindow.of",
+                "should be less than or equal to 64",
+            ],
+        ),
+        (
+            "CEL: retryInterval above 1h",
+            json!({"dependencies": [dep(json!({"retryInterval": "2h"}))]}),
+            vec!["spec.dependencies[0].retryInterval", "must be at most 1h"],
         ),
         (
             "CEL: maxStaleness above 3h",

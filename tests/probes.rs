@@ -167,6 +167,64 @@ fn failure_and_success_thresholds_are_applied() {
     assert!(successes_while_down >= 3.0, "{successes_while_down}");
 }
 
+/// `retryInterval` and `failureWindow` on a real Redis: healthy, it is checked at the interval's
+/// pace; once a check fails, at the retry pace, so both the outage and the recovery show long
+/// before the interval would allow.
+#[test]
+fn retry_interval_confirms_an_outage_and_a_recovery_between_intervals() {
+    const INTERVAL: Duration = Duration::from_secs(4);
+    const RETRY: Duration = Duration::from_millis(200);
+    const TIMEOUT: Duration = Duration::from_millis(300);
+    let mut redis = Redis::start();
+    let hg = Healthgate::start(
+        &policy::document(
+            "test",
+            "interval: 4s, retryInterval: 200ms, timeout: 300ms, \
+             failureWindow: {failures: 3, of: 5}, successThreshold: 3",
+            &redis_dep("redis"),
+        ),
+        &[("REDIS_URL", &redis.url())],
+        &[],
+    );
+    hg.wait_ready_status(200, Duration::from_secs(10));
+    let checks = |hg: &Healthgate| -> f64 {
+        hg.get("/metrics")
+            .body
+            .lines()
+            .filter(|l| {
+                l.starts_with("healthgate_check_results_total{") && l.contains(r#"name="redis""#)
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    let pace = |hg: &Healthgate| {
+        let before = checks(hg);
+        std::thread::sleep(Duration::from_secs(2));
+        checks(hg) - before
+    };
+    let healthy = pace(&hg);
+    assert!(healthy <= 1.0, "{healthy} checks in 2 s while healthy");
+
+    redis.stop();
+    // The first failure comes within an interval; the window's other two at the retry pace.
+    // At the interval's pace the third failure would come at least 2 × 3.6 s after the first.
+    let bound = INTERVAL + TIMEOUT * 3 + SLACK;
+    let took = hg.wait_ready_status(503, bound * 2);
+    assert!(took <= bound, "503 after {took:?}, bound {bound:?}");
+    let down = pace(&hg);
+    assert!(down >= 4.0, "{down} checks in 2 s while down");
+
+    redis.restart();
+    // Three passes at the retry pace, plus the client's reconnect backoff (up to 1 s); at the
+    // interval's pace three passes take at least 2 × 3.6 s.
+    let bound = RETRY * 3 + TIMEOUT + Duration::from_secs(1) + SLACK;
+    let took = hg.wait_ready_status(200, bound * 3);
+    assert!(took <= bound, "200 after {took:?}, bound {bound:?}");
+    std::thread::sleep(RETRY * 2);
+    let healthy = pace(&hg);
+    assert!(healthy <= 1.0, "{healthy} checks in 2 s after recovery");
+}
+
 #[test]
 fn queue_depth_degrades_then_downs() {
     let redis = Redis::start();

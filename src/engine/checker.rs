@@ -16,7 +16,7 @@ use crate::health::{Hysteresis, Outcome, Reason, State};
 use crate::policy::DependencySpec;
 
 /// Spreads checks of many dependencies (and replicas) so they do not hit a server in lockstep.
-/// Jitter only shortens the period, so "down within interval × failureThreshold + timeout" holds.
+/// Jitter only shortens the period, so the detection bounds in the README hold.
 const JITTER_FRACTION: f64 = 0.1;
 /// The first check of a new checker starts within this window rather than all at once.
 const FIRST_CHECK_SPREAD: Duration = Duration::from_millis(50);
@@ -75,10 +75,8 @@ impl Checker {
         let mut labels =
             CheckLabels::new(&self.key, &self.spec.name, self.spec.target.kind().as_str());
         info!(policy = %self.key, dependency = %self.spec.name, endpoint = %self.spec.target.describe(), "checker started");
-        let mut hysteresis = Hysteresis::new(
-            self.spec.schedule.failure_threshold,
-            self.spec.schedule.success_threshold,
-        );
+        let schedule = &self.spec.schedule;
+        let mut hysteresis = Hysteresis::new(schedule.failing, schedule.recovering);
         let mut next = Instant::now() + spread(FIRST_CHECK_SPREAD);
         loop {
             tokio::select! {
@@ -86,7 +84,6 @@ impl Checker {
                 _ = tokio::time::sleep_until(next.into()) => {}
             }
             let started = Instant::now();
-            next = started + jittered(self.spec.schedule.interval);
             let span = self.check_span();
             let probe = tokio::time::timeout(self.spec.schedule.timeout, self.probe.run());
             let observation = tokio::select! {
@@ -99,6 +96,12 @@ impl Checker {
             let observation = self.slow_is_degraded(observation, latency);
             let previous = hysteresis.state();
             let state = hysteresis.observe(observation.outcome);
+            // Decided by this result, so the first failure is confirmed at the retry pace.
+            let period = match schedule.retry_interval {
+                Some(retry) if hysteresis.unsettled() => retry,
+                _ => schedule.interval,
+            };
+            next = started + jittered(period);
             span.in_scope(|| {
                 record_check(&span, &observation, state);
                 self.publish(&observation, state, previous, latency, started);

@@ -5,4 +5,4 @@ mod aggregate;
 mod state;
 
 pub use aggregate::{Overall, aggregate};
-pub use state::{Hysteresis, Outcome, Reason, State, effective_state};
+pub use state::{Hysteresis, Outcome, Reason, State, Window, effective_state};

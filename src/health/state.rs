@@ -133,29 +133,58 @@ impl Reason {
     }
 }
 
-/// Kubernetes-probe-style hysteresis: a healthy dependency is reported down only after
-/// `failure_threshold` consecutive failures, and a down one healthy again only after
-/// `success_threshold` consecutive successes.
+/// "`count` of the last `of` checks": when a dependency's reported state flips. A consecutive
+/// threshold N is the window N of N, so both kinds of rule are one mechanism.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Window {
+    pub count: u32,
+    pub of: u32,
+}
+
+impl Window {
+    /// The longest window a policy may ask for: the history is one machine word.
+    pub const MAX_OF: u32 = 64;
+
+    pub const fn consecutive(count: u32) -> Self {
+        Self { count, of: count }
+    }
+
+    /// Clamped to 1 ≤ count ≤ of ≤ [`Window::MAX_OF`]; validation reports anything outside.
+    fn clamped(self) -> Self {
+        let of = self.of.clamp(1, Self::MAX_OF);
+        Self {
+            count: self.count.clamp(1, of),
+            of,
+        }
+    }
+}
+
+/// Kubernetes-probe-style hysteresis, generalised to windows: a healthy dependency is reported
+/// down once `failing.count` of its last `failing.of` checks failed, and a down one healthy again
+/// once `recovering.count` of its last `recovering.of` checks passed. With consecutive windows
+/// (N of N) this is exactly failureThreshold/successThreshold.
 ///
 /// The first observation is taken as is (there is no earlier evidence to protect), and within
 /// "healthy" the reported state follows the latest observation, so ok ↔ degraded is immediate.
 #[derive(Clone, Debug)]
 pub struct Hysteresis {
-    failure_threshold: u32,
-    success_threshold: u32,
+    failing: Window,
+    recovering: Window,
     state: State,
-    failures: u32,
-    successes: u32,
+    /// Bit i set: the check i runs ago failed (bit 0 is the latest).
+    failed: u64,
+    /// How many bits of `failed` are real observations.
+    seen: u32,
 }
 
 impl Hysteresis {
-    pub fn new(failure_threshold: u32, success_threshold: u32) -> Self {
+    pub fn new(failing: Window, recovering: Window) -> Self {
         Self {
-            failure_threshold: failure_threshold.max(1),
-            success_threshold: success_threshold.max(1),
+            failing: failing.clamped(),
+            recovering: recovering.clamped(),
             state: State::Unknown,
-            failures: 0,
-            successes: 0,
+            failed: 0,
+            seen: 0,
         }
     }
 
@@ -163,23 +192,36 @@ impl Hysteresis {
         self.state
     }
 
+    /// True while the latest check failed or the dependency is reported down: the time to check
+    /// at `retryInterval`, so a failure is confirmed (or dismissed) and a recovery seen sooner.
+    pub fn unsettled(&self) -> bool {
+        self.state == State::Down || (self.seen > 0 && self.failed & 1 == 1)
+    }
+
     pub fn observe(&mut self, outcome: Outcome) -> State {
+        self.failed = (self.failed << 1) | u64::from(!outcome.passed());
+        self.seen = (self.seen + 1).min(Window::MAX_OF);
         if outcome.passed() {
-            self.successes = self.successes.saturating_add(1);
-            self.failures = 0;
-            if self.state != State::Down || self.successes >= self.success_threshold {
+            let passed = self.recent(self.recovering.of) - self.failures_in(self.recovering.of);
+            if self.state != State::Down || passed >= self.recovering.count {
                 self.state = outcome.as_state();
             }
-        } else {
-            self.failures = self.failures.saturating_add(1);
-            self.successes = 0;
-            if matches!(self.state, State::Unknown | State::Down)
-                || self.failures >= self.failure_threshold
-            {
-                self.state = State::Down;
-            }
+        } else if matches!(self.state, State::Unknown | State::Down)
+            || self.failures_in(self.failing.of) >= self.failing.count
+        {
+            self.state = State::Down;
         }
         self.state
+    }
+
+    /// Observations among the last `of` (fewer at the start).
+    fn recent(&self, of: u32) -> u32 {
+        self.seen.min(of)
+    }
+
+    fn failures_in(&self, of: u32) -> u32 {
+        let mask = if of >= 64 { u64::MAX } else { (1u64 << of) - 1 };
+        (self.failed & mask).count_ones()
     }
 }
 
@@ -202,8 +244,20 @@ mod tests {
     use Outcome::{Degraded as D, Down as X, Ok as O};
 
     fn run(failure: u32, success: u32, outcomes: &[Outcome]) -> Vec<State> {
-        let mut h = Hysteresis::new(failure, success);
+        run_windows(
+            Window::consecutive(failure),
+            Window::consecutive(success),
+            outcomes,
+        )
+    }
+
+    fn run_windows(failing: Window, recovering: Window, outcomes: &[Outcome]) -> Vec<State> {
+        let mut h = Hysteresis::new(failing, recovering);
         outcomes.iter().map(|&o| h.observe(o)).collect()
+    }
+
+    fn w(count: u32, of: u32) -> Window {
+        Window { count, of }
     }
 
     #[test]
@@ -233,6 +287,117 @@ mod tests {
                 "failure={failure} success={success} outcomes={outcomes:?}"
             );
         }
+    }
+
+    /// The same outcome sequences under consecutive thresholds and under windows, side by side:
+    /// windows tolerate scattered failures that never run in a row, and count them when they do
+    /// not recover in between.
+    #[test]
+    fn windows_count_failures_that_are_not_consecutive() {
+        use State::{Down as Dn, Ok as Ok_};
+        let flaky = &[O, X, O, X, O, X, O][..];
+        let cases: &[(Window, Window, &[Outcome], &[State])] = &[
+            // failureThreshold 3 never fires on alternating failures...
+            (w(3, 3), w(1, 1), flaky, &[Ok_; 7]),
+            // ...3 of 5 does, at the third failure within five checks.
+            (w(3, 5), w(1, 1), flaky, &[Ok_, Ok_, Ok_, Ok_, Ok_, Dn, Ok_]),
+            // 3 of 7 counts across the gaps too; 3 of 4 never sees three at once.
+            (w(3, 7), w(1, 1), flaky, &[Ok_, Ok_, Ok_, Ok_, Ok_, Dn, Ok_]),
+            (w(3, 4), w(1, 1), flaky, &[Ok_; 7]),
+            // Recovery by window: 2 of 3 passes, so one failure during recovery is tolerated,
+            // where successThreshold 2 starts over.
+            (w(1, 1), w(2, 3), &[X, O, X, O], &[Dn, Dn, Dn, Ok_]),
+            (w(1, 1), w(2, 2), &[X, O, X, O], &[Dn, Dn, Dn, Dn]),
+            // The first observation is taken as is, with windows too.
+            (w(3, 5), w(3, 5), &[X], &[Dn]),
+        ];
+        for (failing, recovering, outcomes, expected) in cases {
+            assert_eq!(
+                run_windows(*failing, *recovering, outcomes),
+                *expected,
+                "failing={failing:?} recovering={recovering:?} outcomes={outcomes:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_consecutive_threshold_is_the_window_n_of_n() {
+        // Every sequence of 8 outcomes (3^8), thresholds 1-4: the window rule with of = count
+        // reproduces the consecutive rule exactly.
+        for code in 0..3usize.pow(8) {
+            let outcomes: Vec<Outcome> = (0..8)
+                .map(|i| [O, D, X][(code / 3usize.pow(i)) % 3])
+                .collect();
+            for failure in 1..=4 {
+                for success in 1..=4 {
+                    let windows = run_windows(w(failure, failure), w(success, success), &outcomes);
+                    assert_eq!(
+                        windows,
+                        consecutive_reference(failure, success, &outcomes),
+                        "{failure}/{success} {outcomes:?}"
+                    );
+                }
+            }
+        }
+    }
+
+    /// The consecutive-count implementation this project had before windows, kept as the
+    /// reference the window rule must reproduce.
+    fn consecutive_reference(failure: u32, success: u32, outcomes: &[Outcome]) -> Vec<State> {
+        let (mut state, mut failures, mut successes) = (State::Unknown, 0, 0);
+        outcomes
+            .iter()
+            .map(|&o| {
+                if o.passed() {
+                    successes += 1;
+                    failures = 0;
+                    if state != State::Down || successes >= success {
+                        state = o.as_state();
+                    }
+                } else {
+                    failures += 1;
+                    successes = 0;
+                    if matches!(state, State::Unknown | State::Down) || failures >= failure {
+                        state = State::Down;
+                    }
+                }
+                state
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_failing_or_down_dependency_is_unsettled_until_it_passes_and_is_up() {
+        let mut h = Hysteresis::new(w(3, 3), w(2, 2));
+        assert!(!h.unsettled(), "nothing seen yet");
+        h.observe(O);
+        assert!(!h.unsettled());
+        h.observe(X);
+        assert!(h.unsettled(), "a failure not yet confirmed");
+        h.observe(O);
+        assert!(!h.unsettled(), "dismissed");
+        for _ in 0..3 {
+            h.observe(X);
+        }
+        assert_eq!(h.state(), State::Down);
+        h.observe(O);
+        assert!(h.unsettled(), "down, recovering: one pass of two");
+        h.observe(O);
+        assert_eq!(h.state(), State::Ok);
+        assert!(!h.unsettled());
+    }
+
+    #[test]
+    fn windows_longer_than_the_history_are_clamped() {
+        let mut h = Hysteresis::new(w(200, 500), w(0, 0));
+        for _ in 0..63 {
+            h.observe(O);
+        }
+        for _ in 0..63 {
+            assert_eq!(h.observe(X), State::Ok);
+        }
+        assert_eq!(h.observe(X), State::Down, "64 of 64");
+        assert_eq!(h.observe(O), State::Ok, "recovering 0 of 0 is 1 of 1");
     }
 
     #[test]

@@ -6,6 +6,8 @@ pub mod validate;
 
 use std::time::Duration;
 
+use crate::health::Window;
+
 pub use crate::checks::{HttpTarget, QueueTarget, Target};
 pub use validate::{FieldError, UrlResolver, validate};
 
@@ -84,7 +86,11 @@ pub struct DependencySpec {
 pub struct Schedule {
     pub interval: Duration,
     pub timeout: Duration,
-    pub failure_threshold: u32,
-    pub success_threshold: u32,
+    /// Checked this often while the dependency is failing or down; `None`: always `interval`.
+    pub retry_interval: Option<Duration>,
+    /// When a healthy dependency is reported down (failureThreshold N is N of N).
+    pub failing: Window,
+    /// When a down dependency is reported healthy again.
+    pub recovering: Window,
     pub degraded_latency: Option<Duration>,
 }

@@ -12,9 +12,11 @@ use super::{
     Schedule, StatusCodes, duration,
 };
 use crate::api::{
-    CheckDefaults, Dependency, DependencyType, HealthPolicySpec, MAX_DEPENDENCIES, UrlFrom,
+    CheckDefaults, Dependency, DependencyType, FailureWindow, HealthPolicySpec, MAX_DEPENDENCIES,
+    SuccessWindow, UrlFrom,
 };
 use crate::checks::UrlField;
+use crate::health::Window;
 use crate::secret::SecretUrl;
 
 /// Checking more often than this is a load test, not a health check.
@@ -204,8 +206,9 @@ fn cascade_rules(spec: &HealthPolicySpec, errors: &mut Errors) -> Option<Cascade
 const BUILTIN: Schedule = Schedule {
     interval: DEFAULT_INTERVAL,
     timeout: DEFAULT_TIMEOUT,
-    failure_threshold: 1,
-    success_threshold: 1,
+    retry_interval: None,
+    failing: Window::consecutive(1),
+    recovering: Window::consecutive(1),
     degraded_latency: None,
 };
 
@@ -213,8 +216,11 @@ const BUILTIN: Schedule = Schedule {
 struct Overrides<'a> {
     interval: Option<&'a str>,
     timeout: Option<&'a str>,
+    retry_interval: Option<&'a str>,
     failure_threshold: Option<i32>,
+    failure_window: Option<FailureWindow>,
     success_threshold: Option<i32>,
+    success_window: Option<SuccessWindow>,
     degraded_latency: Option<&'a str>,
 }
 
@@ -223,8 +229,11 @@ impl<'a> Overrides<'a> {
         Self {
             interval: d.interval.as_deref(),
             timeout: d.timeout.as_deref(),
+            retry_interval: d.retry_interval.as_deref(),
             failure_threshold: d.failure_threshold,
+            failure_window: d.failure_window,
             success_threshold: d.success_threshold,
+            success_window: d.success_window,
             degraded_latency: d.degraded_latency.as_deref(),
         }
     }
@@ -233,8 +242,11 @@ impl<'a> Overrides<'a> {
         Self {
             interval: d.interval.as_deref(),
             timeout: d.timeout.as_deref(),
+            retry_interval: d.retry_interval.as_deref(),
             failure_threshold: d.failure_threshold,
+            failure_window: d.failure_window,
             success_threshold: d.success_threshold,
+            success_window: d.success_window,
             degraded_latency: d.degraded_latency.as_deref(),
         }
     }
@@ -252,6 +264,7 @@ fn schedule(base: Schedule, overrides: &Overrides, path: &str, errors: &mut Erro
     let interval = parse("interval", overrides.interval);
     let timeout = parse("timeout", overrides.timeout);
     let degraded_latency = parse("degradedLatency", overrides.degraded_latency);
+    let retry_interval = parse("retryInterval", overrides.retry_interval);
     if let Some(interval) = interval {
         if interval < MIN_INTERVAL {
             errors.push(
@@ -280,26 +293,53 @@ fn schedule(base: Schedule, overrides: &Overrides, path: &str, errors: &mut Erro
     if degraded_latency.is_some() {
         schedule.degraded_latency = degraded_latency;
     }
-    for (name, value, target) in [
-        (
-            "failureThreshold",
-            overrides.failure_threshold,
-            &mut schedule.failure_threshold,
-        ),
-        (
-            "successThreshold",
-            overrides.success_threshold,
-            &mut schedule.success_threshold,
-        ),
-    ] {
-        match value {
-            Some(v) if (1..=MAX_THRESHOLD).contains(&v) => *target = v as u32,
-            Some(v) => errors.push(
-                format!("{path}.{name}"),
-                format!("{v} is out of range 1-{MAX_THRESHOLD}"),
-            ),
-            None => {}
+    if let Some(failing) = rule(
+        path,
+        ("failureThreshold", overrides.failure_threshold),
+        overrides
+            .failure_window
+            .map(|w| ("failureWindow", "failures", w.failures, w.of)),
+        errors,
+    ) {
+        schedule.failing = failing;
+    }
+    if let Some(recovering) = rule(
+        path,
+        ("successThreshold", overrides.success_threshold),
+        overrides
+            .success_window
+            .map(|w| ("successWindow", "successes", w.successes, w.of)),
+        errors,
+    ) {
+        schedule.recovering = recovering;
+    }
+    if let Some(retry) = retry_interval {
+        if retry < MIN_INTERVAL {
+            errors.push(
+                format!("{path}.retryInterval"),
+                format!("must be at least {}", duration::format(MIN_INTERVAL)),
+            );
         }
+        schedule.retry_interval = Some(retry);
+    }
+    // Either level can break this pair too; a retry slower than the interval is a typo.
+    if let Some(retry) = schedule.retry_interval
+        && retry > schedule.interval
+        && (retry_interval.is_some() || interval.is_some())
+    {
+        let field = if retry_interval.is_some() {
+            "retryInterval"
+        } else {
+            "interval"
+        };
+        errors.push(
+            format!("{path}.{field}"),
+            format!(
+                "retryInterval {} must not be longer than the interval {}",
+                duration::format(retry),
+                duration::format(schedule.interval)
+            ),
+        );
     }
     // Either level can break this pair; report it at the field this level set.
     if let Some(latency) = schedule.degraded_latency
@@ -321,6 +361,59 @@ fn schedule(base: Schedule, overrides: &Overrides, path: &str, errors: &mut Erro
         );
     }
     schedule
+}
+
+/// One side of the hysteresis set at this level: a consecutive threshold (N of N) or a window,
+/// never both. `None` when this level sets neither (or only invalid values).
+fn rule(
+    path: &str,
+    (threshold_name, threshold): (&str, Option<i32>),
+    window: Option<(&str, &str, i32, i32)>,
+    errors: &mut Errors,
+) -> Option<Window> {
+    match (threshold, window) {
+        (Some(_), Some((window_name, ..))) => {
+            errors.push(
+                format!("{path}.{window_name}"),
+                format!("set {threshold_name} or {window_name}, not both"),
+            );
+            None
+        }
+        (Some(v), None) if (1..=MAX_THRESHOLD).contains(&v) => Some(Window::consecutive(v as u32)),
+        (Some(v), None) => {
+            errors.push(
+                format!("{path}.{threshold_name}"),
+                format!("{v} is out of range 1-{MAX_THRESHOLD}"),
+            );
+            None
+        }
+        (None, Some((name, count_name, count, of))) => {
+            let max = Window::MAX_OF as i32;
+            let mut valid = true;
+            if !(1..=max).contains(&of) {
+                errors.push(
+                    format!("{path}.{name}.of"),
+                    format!("{of} is out of range 1-{max}"),
+                );
+                valid = false;
+            }
+            if !(1..=of.clamp(1, max)).contains(&count) {
+                errors.push(
+                    format!("{path}.{name}.{count_name}"),
+                    format!(
+                        "{count} is out of range 1-{} (at most `of`)",
+                        of.clamp(1, max)
+                    ),
+                );
+                valid = false;
+            }
+            valid.then_some(Window {
+                count: count as u32,
+                of: of as u32,
+            })
+        }
+        (None, None) => None,
+    }
 }
 
 fn status_codes(spec: &HealthPolicySpec, errors: &mut Errors) -> StatusCodes {

@@ -161,6 +161,49 @@ fn every_problem_is_reported_with_its_field_path() {
             &["spec.defaults.successThreshold: 101 is out of range 1-100"],
         ),
         (
+            "defaults: {failureThreshold: 2, failureWindow: {failures: 2, of: 4}}\ndependencies: [{name: a, type: tcp, tcp: {address: 'h:1'}}]",
+            &["spec.defaults.failureWindow: set failureThreshold or failureWindow, not both"],
+        ),
+        (
+            "dependencies: [{name: a, type: tcp, successThreshold: 2, successWindow: {successes: 2, of: 3}, tcp: {address: 'h:1'}}]",
+            &[
+                "spec.dependencies[0].successWindow: set successThreshold or successWindow, not both",
+            ],
+        ),
+        (
+            "dependencies: [{name: a, type: tcp, failureWindow: {failures: 6, of: 5}, tcp: {address: 'h:1'}}]",
+            &["spec.dependencies[0].failureWindow.failures: 6 is out of range 1-5 (at most `of`)"],
+        ),
+        (
+            "dependencies: [{name: a, type: tcp, successWindow: {successes: 1, of: 65}, tcp: {address: 'h:1'}}]",
+            &["spec.dependencies[0].successWindow.of: 65 is out of range 1-64"],
+        ),
+        (
+            "dependencies: [{name: a, type: tcp, failureWindow: {failures: 0, of: 0}, tcp: {address: 'h:1'}}]",
+            &[
+                "spec.dependencies[0].failureWindow.of: 0 is out of range 1-64",
+                "spec.dependencies[0].failureWindow.failures: 0 is out of range 1-1 (at most `of`)",
+            ],
+        ),
+        (
+            "dependencies: [{name: a, type: tcp, retryInterval: 10ms, tcp: {address: 'h:1'}}]",
+            &["spec.dependencies[0].retryInterval: must be at least 100ms"],
+        ),
+        (
+            "dependencies: [{name: a, type: tcp, retryInterval: 10s, tcp: {address: 'h:1'}}]",
+            &[
+                "spec.dependencies[0].retryInterval: retryInterval 10s must not be longer than the interval 5s",
+            ],
+        ),
+        (
+            // The defaults' retry is fine for their interval; the dependency's shorter interval
+            // breaks the pair, so that is the field to edit.
+            "defaults: {interval: 10s, retryInterval: 5s}\ndependencies: [{name: a, type: tcp, interval: 2s, tcp: {address: 'h:1'}}]",
+            &[
+                "spec.dependencies[0].interval: retryInterval 5s must not be longer than the interval 2s",
+            ],
+        ),
+        (
             "dependencies: [{name: a, type: tcp, degradedLatency: 2s, tcp: {address: 'h:1'}}]",
             &[
                 "spec.dependencies[0].degradedLatency: degradedLatency 2s must be less than the timeout 1s",
@@ -255,4 +298,38 @@ fn errors_never_quote_a_password() {
     );
     assert_eq!(got.len(), 2, "{got:?}");
     assert!(got.iter().all(|e| !e.contains("s3cret")), "{got:?}");
+}
+
+#[test]
+fn windows_and_retry_interval_are_inherited_and_overridden_per_side() {
+    let policy = validate(
+        &spec(
+            "defaults: {interval: 10s, retryInterval: 1s, failureWindow: {failures: 3, of: 5}, successThreshold: 2}
+dependencies:
+  - {name: inherits, type: tcp, tcp: {address: 'h:1'}}
+  - {name: consecutive, type: tcp, failureThreshold: 2, retryInterval: 500ms, tcp: {address: 'h:1'}}
+  - {name: recovers, type: tcp, successWindow: {successes: 2, of: 3}, tcp: {address: 'h:1'}}",
+        ),
+        &ENV,
+    )
+    .expect("valid");
+    let [inherits, consecutive, recovers] = &policy.dependencies[..] else {
+        panic!("three dependencies");
+    };
+    let window = |count, of| Window { count, of };
+    assert_eq!(inherits.schedule.failing, window(3, 5));
+    assert_eq!(inherits.schedule.recovering, Window::consecutive(2));
+    assert_eq!(
+        inherits.schedule.retry_interval,
+        Some(Duration::from_secs(1))
+    );
+    // A threshold at the dependency replaces the defaults' window on that side only.
+    assert_eq!(consecutive.schedule.failing, Window::consecutive(2));
+    assert_eq!(consecutive.schedule.recovering, Window::consecutive(2));
+    assert_eq!(
+        consecutive.schedule.retry_interval,
+        Some(Duration::from_millis(500))
+    );
+    assert_eq!(recovers.schedule.failing, window(3, 5));
+    assert_eq!(recovers.schedule.recovering, window(2, 3));
 }
