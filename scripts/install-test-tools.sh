@@ -4,6 +4,7 @@
 #   - rotel (PyPI; ships rotel-agent, a Rust OTLP collector) and the Python OTLP sink's
 #     dependencies (opentelemetry-proto, grpcio) in a virtualenv
 #   - the dashboard type-check project (tests/dashboard: @grafana/schema + typescript, npm ci)
+#   - grpc-health-probe (Go module, built into $tools/bin)
 # The virtualenv lives at $HEALTHGATE_TOOLS_DIR (default target/test-tools); tests find it there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -50,4 +51,19 @@ if [ -f "$dash/package-lock.json" ]; then
     }
     (cd "$dash" && npm ci --silent --no-audit --no-fund)
   fi
+fi
+
+# grpc-health-probe, the client kubelet-style gRPC health checks are judged with (Go module).
+ghp_version=v0.4.63
+ghp="$tools/bin/grpc-health-probe"
+if [ "$(cat "$ghp.version" 2>/dev/null)" != "$ghp_version" ] || [ ! -x "$ghp" ]; then
+  command -v go >/dev/null || { echo "go is required to build grpc-health-probe" >&2; exit 1; }
+  echo "building grpc-health-probe $ghp_version into $tools/bin" >&2
+  # Go needs a cache directory; without HOME (some CI sandboxes) it has no default.
+  if [ -z "${GOCACHE:-}" ] && [ -z "${HOME:-}" ] && [ -z "${XDG_CACHE_HOME:-}" ]; then
+    export GOCACHE="$tools/go-cache" GOMODCACHE="${GOMODCACHE:-$tools/go-mod}"
+  fi
+  CGO_ENABLED=0 GOBIN="$tools/bin" go install -trimpath \
+    "github.com/grpc-ecosystem/grpc-health-probe@$ghp_version"
+  echo "$ghp_version" >"$ghp.version"
 fi

@@ -48,6 +48,7 @@ pub async fn serve(args: ServeArgs) -> ExitCode {
         details_token_file,
         protect_metrics,
         metrics_listen,
+        grpc_listen,
         guard,
         kube,
     } = args;
@@ -107,6 +108,16 @@ pub async fn serve(args: ServeArgs) -> ExitCode {
             Ok(listener) => Some(listener),
             Err(e) => {
                 error!(listen = %address, error = %e, "cannot listen for /metrics");
+                return ExitCode::from(EXIT_DOWN_OR_INVALID);
+            }
+        },
+    };
+    let grpc_listener = match grpc_listen {
+        None => None,
+        Some(address) => match TcpListener::bind(address).await {
+            Ok(listener) => Some(listener),
+            Err(e) => {
+                error!(listen = %address, error = %e, "cannot listen for gRPC health");
                 return ExitCode::from(EXIT_DOWN_OR_INVALID);
             }
         },
@@ -181,6 +192,14 @@ pub async fn serve(args: ServeArgs) -> ExitCode {
             stop_accepting.clone().cancelled_owned(),
         ))
     });
+    let grpc_server = grpc_listener.map(|listener| {
+        info!(listen = %grpc_listen.expect("bound from it"), "serving gRPC health");
+        tokio::spawn(server::grpc_health::serve(
+            listener,
+            state.clone(),
+            stop_accepting.clone(),
+        ))
+    });
     let server = tokio::spawn(server::serve(
         listener,
         state,
@@ -192,8 +211,8 @@ pub async fn serve(args: ServeArgs) -> ExitCode {
     // The servers stop accepting at once; in-flight requests get `shutdown_timeout` to finish.
     let servers = async {
         let _ = server.await;
-        if let Some(metrics_server) = metrics_server {
-            let _ = metrics_server.await;
+        for extra in [metrics_server, grpc_server].into_iter().flatten() {
+            let _ = extra.await;
         }
     };
     if tokio::time::timeout(shutdown_timeout, servers)

@@ -77,6 +77,11 @@ pub struct ServeArgs {
     /// Serve /metrics on this address instead of --listen (which then answers 404 for it).
     #[arg(long, env = "HEALTHGATE_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
+    /// Also serve grpc.health.v1 (Check and Watch) on this address, for kubelet `grpc:` probes:
+    /// service "" is the /ready answer, "NAMESPACE/NAME" (standalone "NAME") one policy's. Off
+    /// unless set.
+    #[arg(long, env = "HEALTHGATE_GRPC_LISTEN")]
+    pub grpc_listen: Option<SocketAddr>,
     #[command(flatten)]
     pub guard: GuardArgs,
     #[command(flatten)]

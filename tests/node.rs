@@ -527,6 +527,13 @@ async fn the_sidecar_gates_its_pods_endpoints_on_redis_and_a_rollout_loses_nothi
     );
     // Only readiness: the app keeps running and nothing restarts.
     for pod in pods(node, &ns, "app=shop") {
+        // The kubelet judged healthgate through its native gRPC probe (`--grpc-listen`).
+        let healthgate = &pod["spec"]["containers"][1];
+        assert_eq!(healthgate["name"], "healthgate");
+        assert_eq!(
+            healthgate["readinessProbe"]["grpc"]["port"], 8082,
+            "{healthgate}"
+        );
         assert!(!condition(&pod, "Ready"));
         assert_eq!(container_status(&pod, "app")["ready"], true);
         assert_eq!(container_status(&pod, "healthgate")["ready"], false);

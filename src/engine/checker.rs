@@ -11,6 +11,7 @@ use tracing::{Instrument, Span, debug, field, info, warn};
 
 use super::PolicyKey;
 use super::metrics::{CheckLabels, CheckMetrics, outcome_str};
+use super::ready_cache::Generation;
 use crate::checks::{Observation, Probe};
 use crate::health::{Hysteresis, Outcome, Reason, State};
 use crate::policy::DependencySpec;
@@ -66,7 +67,7 @@ pub struct Checker {
     pub probe: Probe,
     pub slot: Slot,
     /// Bumped after every publish, so the cached /ready answer is redone.
-    pub published: Arc<std::sync::atomic::AtomicU64>,
+    pub published: Arc<Generation>,
     pub metrics: CheckMetrics,
 }
 
@@ -169,8 +170,7 @@ impl Checker {
             since,
         });
         drop(slot);
-        self.published
-            .fetch_add(1, std::sync::atomic::Ordering::Release);
+        self.published.bump();
         if state != previous {
             let (policy, dependency) = (&self.key, &self.spec.name);
             let (from, to, reason) = (

@@ -305,17 +305,7 @@ impl Engine {
                 .collect();
             let report = Report::render_all(&snapshots);
             let body = serde_json::to_vec(&report.to_json(view)).expect("a report serialises");
-            let turns_stale = policies
-                .values()
-                .flat_map(|running| {
-                    let max_staleness = running.policy.max_staleness;
-                    running.checks.values().filter_map(move |check| {
-                        let record = check.slot.lock().expect("check slot lock");
-                        record.as_ref().map(|r| r.checked_instant + max_staleness)
-                    })
-                })
-                .filter(|at| *at > now)
-                .min();
+            let turns_stale = turns_stale(&policies, now);
             (
                 Rendered {
                     status: report.status_code(),
@@ -328,12 +318,33 @@ impl Engine {
 
     /// Snapshots of every policy, for renderings that need all of them at one instant.
     pub fn snapshot_all(&self) -> Vec<(PolicyKey, PolicySnapshot)> {
-        let now = Instant::now();
+        self.snapshot_all_at(Instant::now()).0
+    }
+
+    /// [`Engine::snapshot_all`] at `now`, and when the first fresh result turns stale (the next
+    /// time the answer changes without any check publishing).
+    pub fn snapshot_all_at(
+        &self,
+        now: Instant,
+    ) -> (Vec<(PolicyKey, PolicySnapshot)>, Option<Instant>) {
         let policies = self.inner.policies.read().expect("engine lock");
-        policies
+        let snapshots = policies
             .iter()
             .map(|(key, running)| (key.clone(), running.snapshot(now)))
-            .collect()
+            .collect();
+        (snapshots, turns_stale(&policies, now))
+    }
+
+    /// Wakes after every change to what /ready would say: a published result, a policy applied
+    /// or removed, a shared outage, a drain. Staleness is not an event: see
+    /// [`Engine::snapshot_all_at`].
+    pub fn changes(&self) -> tokio::sync::watch::Receiver<()> {
+        self.inner.ready.generation().subscribe()
+    }
+
+    /// Marks the cached answers outdated, for state outside the engine that changes them.
+    pub fn invalidate(&self) {
+        self.inner.ready.invalidate();
     }
 
     /// Brings the gauges that are derived from the cache up to date; called on each scrape so
@@ -394,6 +405,21 @@ impl Engine {
             task,
         }
     }
+}
+
+/// When the first result that is fresh at `now` turns stale.
+fn turns_stale(policies: &BTreeMap<PolicyKey, RunningPolicy>, now: Instant) -> Option<Instant> {
+    policies
+        .values()
+        .flat_map(|running| {
+            let max_staleness = running.policy.max_staleness;
+            running.checks.values().filter_map(move |check| {
+                let record = check.slot.lock().expect("check slot lock");
+                record.as_ref().map(|r| r.checked_instant + max_staleness)
+            })
+        })
+        .filter(|at| *at > now)
+        .min()
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
 use bytes::Bytes;
+use tokio::sync::watch;
 
 use super::View;
 
@@ -23,22 +24,55 @@ struct Cached {
     rendered: Rendered,
 }
 
+/// Bumped by everything that changes what /ready would say. Probes read the counter (one
+/// atomic load); listeners that must react to changes (the gRPC health server) wait on the
+/// channel instead of polling.
+pub struct Generation {
+    value: AtomicU64,
+    changed: watch::Sender<()>,
+}
+
+impl Default for Generation {
+    fn default() -> Self {
+        Self {
+            value: AtomicU64::new(0),
+            changed: watch::Sender::new(()),
+        }
+    }
+}
+
+impl Generation {
+    pub fn bump(&self) {
+        self.value.fetch_add(1, Ordering::Release);
+        self.changed.send_replace(());
+    }
+
+    fn load(&self) -> u64 {
+        self.value.load(Ordering::Acquire)
+    }
+
+    /// A receiver that wakes after every later [`Generation::bump`].
+    pub fn subscribe(&self) -> watch::Receiver<()> {
+        self.changed.subscribe()
+    }
+}
+
 /// One entry per [`View`]: callers with and without details each get a cached body.
 #[derive(Default)]
 pub struct ReadyCache {
-    generation: Arc<AtomicU64>,
+    generation: Arc<Generation>,
     full: RwLock<Option<Cached>>,
     status_only: RwLock<Option<Cached>>,
 }
 
 impl ReadyCache {
     /// A handle for writers (checkers) to mark the cache outdated.
-    pub fn generation(&self) -> Arc<AtomicU64> {
+    pub fn generation(&self) -> Arc<Generation> {
         self.generation.clone()
     }
 
     pub fn invalidate(&self) {
-        self.generation.fetch_add(1, Ordering::Release);
+        self.generation.bump();
     }
 
     pub fn get_or_render(
@@ -48,7 +82,7 @@ impl ReadyCache {
         render: impl FnOnce() -> (Rendered, Option<Instant>),
     ) -> Rendered {
         // Read before rendering: a publish during the render leaves the entry already outdated.
-        let generation = self.generation.load(Ordering::Acquire);
+        let generation = self.generation.load();
         let slot = match view {
             View::Full => &self.full,
             View::StatusOnly => &self.status_only,

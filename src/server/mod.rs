@@ -4,6 +4,7 @@
 
 mod conn;
 pub mod exposure;
+pub mod grpc_health;
 mod handlers;
 mod metrics;
 pub mod users;
@@ -94,6 +95,8 @@ impl AppState {
 
     pub fn start_draining(&self) {
         self.draining.store(true, Ordering::Release);
+        // The gRPC health server follows engine changes; a drain is one.
+        self.engine.invalidate();
     }
 
     pub fn is_draining(&self) -> bool {

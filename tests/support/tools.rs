@@ -41,6 +41,17 @@ pub fn venv_bin(name: &str) -> PathBuf {
     path
 }
 
+/// grpc-health-probe, built from its Go module into the tools directory.
+pub fn grpc_health_probe() -> PathBuf {
+    ensure_tools();
+    let tools = std::env::var_os("HEALTHGATE_TOOLS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(REPO).join("target/test-tools"));
+    let path = tools.join("bin/grpc-health-probe");
+    assert!(path.exists(), "{} is missing", path.display());
+    path
+}
+
 /// The rotel collector binary, shipped inside the `rotel` Python package.
 pub fn rotel_agent() -> PathBuf {
     let out = Command::new(venv_bin("python"))
