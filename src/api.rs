@@ -92,12 +92,49 @@ pub struct HealthPolicySpec {
     /// does not need that dependency.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cascade_protection: Option<CascadeProtection>,
+    /// Planned maintenance: inside a window a failing dependency reports degraded (reason
+    /// `maintenance`) instead of down, so it never pulls the pods. At most 16 windows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 16))]
+    pub maintenance: Option<Vec<MaintenanceWindow>>,
 
     /// The dependencies to check (at least one: a policy without dependencies would always be
     /// ready). Names must be unique within the policy.
     #[schemars(length(min = 1, max = 64))]
     #[x_kube(validation = Rule::new("self.all(d, self.exists_one(e, e.name == d.name))").message("dependency names must be unique"))]
     pub dependencies: Vec<Dependency>,
+}
+
+/// A maintenance window: one-off (`start` and `end`) or recurring (`schedule` and `duration`).
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.start) == has(self.end) && has(self.schedule) == has(self.duration) && has(self.start) != has(self.schedule)").message("set start and end, or schedule and duration"))]
+pub struct MaintenanceWindow {
+    /// Start of a one-off window, RFC 3339 (`2026-12-06T02:00:00Z`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
+    pub start: Option<String>,
+    /// End of a one-off window, RFC 3339; after start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
+    pub end: Option<String>,
+    /// Start times of a recurring window, in cron syntax (minute hour day-of-month month
+    /// day-of-week, e.g. `0 2 * * sun`; `@daily` and friends too), in timeZone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 128))]
+    pub schedule: Option<String>,
+    /// How long each recurring window stays open, at most 7d, written like `2h` or `90m`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = DURATION_PATTERN), length(max = DURATION_MAX_LEN))]
+    pub duration: Option<String>,
+    /// IANA time zone of schedule (`Europe/Berlin`). Default UTC.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
+    pub time_zone: Option<String>,
+    /// Only these dependencies are in maintenance; unset: all of them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
+    pub dependencies: Option<Vec<String>>,
 }
 
 /// Readiness-cascade protection. Replicas publish which critical dependencies they see down

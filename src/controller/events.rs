@@ -7,7 +7,7 @@ use tracing::warn;
 
 use super::budget::WriteBudget;
 use super::recorder::EventRecorder;
-use super::status::{self, CASCADE_PROTECTED, INVALID, READY};
+use super::status::{self, CASCADE_PROTECTED, INVALID, MAINTENANCE, READY};
 use crate::api::HealthPolicyStatus;
 use crate::health::{Reason, State};
 
@@ -74,6 +74,22 @@ pub fn transitions(
                 reason: "CascadeProtectionReleased",
                 note: "no critical dependency is held any more".into(),
             }
+        });
+    }
+    let was_in_maintenance = previous.and_then(|p| status::is_true(p, MAINTENANCE));
+    if let (Some(now), Some(in_maintenance)) = (
+        status::find(next, MAINTENANCE),
+        status::is_true(next, MAINTENANCE),
+    ) && was_in_maintenance.unwrap_or(false) != in_maintenance
+    {
+        out.push(Planned {
+            warning: false,
+            reason: if in_maintenance {
+                "MaintenanceStarted"
+            } else {
+                "MaintenanceEnded"
+            },
+            note: now.message.clone(),
         });
     }
     let was_ready = previous.and_then(|p| status::is_true(p, READY));
@@ -172,6 +188,41 @@ mod tests {
 
     fn reasons(planned: Vec<Planned>) -> Vec<&'static str> {
         planned.into_iter().map(|p| p.reason).collect()
+    }
+
+    #[test]
+    fn maintenance_windows_opening_and_closing_are_events() {
+        let with_window = |open: bool| {
+            let mut s = status(true, None, &[("db", State::Ok)]);
+            s.conditions.push(Condition {
+                type_: MAINTENANCE.into(),
+                status: if open { "True" } else { "False" }.into(),
+                reason: "R".into(),
+                message: if open {
+                    "in maintenance: db until T"
+                } else {
+                    "none"
+                }
+                .into(),
+                observed_generation: None,
+                last_transition_time: Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH),
+            });
+            s
+        };
+        let opened = transitions(Some(&with_window(false)), &with_window(true));
+        assert_eq!(reasons(opened.clone()), ["MaintenanceStarted"]);
+        assert_eq!(opened[0].note, "in maintenance: db until T");
+        assert!(!opened[0].warning, "planned work is not a warning");
+        assert_eq!(
+            reasons(transitions(Some(&with_window(true)), &with_window(false))),
+            ["MaintenanceEnded"]
+        );
+        assert!(transitions(Some(&with_window(true)), &with_window(true)).is_empty());
+        // A policy created inside its window says so at once.
+        assert_eq!(
+            reasons(transitions(None, &with_window(true))),
+            ["MaintenanceStarted"]
+        );
     }
 
     #[test]

@@ -16,6 +16,7 @@ pub const READY: &str = "Ready";
 pub const DEGRADED: &str = "Degraded";
 pub const INVALID: &str = "Invalid";
 pub const CASCADE_PROTECTED: &str = "CascadeProtected";
+pub const MAINTENANCE: &str = "Maintenance";
 
 /// Longer messages are cut: a condition message is for humans, and etcd objects have a size cap.
 const MAX_MESSAGE: usize = 1024;
@@ -79,6 +80,9 @@ pub fn desired(inputs: &Inputs, previous: Option<&HealthPolicyStatus>) -> Health
             )
         });
     }
+    if let Some(snapshot) = inputs.snapshot.filter(|s| s.maintenance) {
+        conditions.push(maintenance(snapshot));
+    }
     for c in &mut conditions {
         c.observed_generation = generation;
         c.last_transition_time = previous
@@ -104,7 +108,7 @@ pub fn desired(inputs: &Inputs, previous: Option<&HealthPolicyStatus>) -> Health
                     DependencyStatus {
                         name: dep.name.clone(),
                         state: dep.state,
-                        reason: last.map(|r| r.reason),
+                        reason: dep.reason(),
                         // Rounded to microseconds, as on /ready.
                         latency_ms: last.map(|r| (r.latency.as_secs_f64() * 1e6).round() / 1e3),
                         last_transition_time: Some(since),
@@ -207,13 +211,39 @@ fn degraded(inputs: &Inputs) -> (bool, &'static str, String) {
     }
 }
 
+/// Which dependencies an open maintenance window covers, and until when.
+fn maintenance(snapshot: &PolicySnapshot) -> Condition {
+    let covered: Vec<String> = snapshot
+        .dependencies
+        .iter()
+        .filter_map(|d| Some(format!("{} until {}", d.name, d.maintenance_until?)))
+        .collect();
+    if covered.is_empty() {
+        return condition(
+            MAINTENANCE,
+            false,
+            "NoWindowOpen",
+            "no maintenance window is open".into(),
+        );
+    }
+    condition(
+        MAINTENANCE,
+        true,
+        "WindowOpen",
+        truncate(format!(
+            "in maintenance (a failing dependency reports degraded, reason maintenance): {}",
+            covered.join(", ")
+        )),
+    )
+}
+
 /// `name is down (connect), other is degraded (slow)` for the dependencies that match.
 fn not_ok(snapshot: &PolicySnapshot, filter: impl Fn(bool, State) -> bool) -> String {
     snapshot
         .dependencies
         .iter()
         .filter(|d| d.state != State::Ok && filter(d.critical, d.state))
-        .map(|d| match d.last.as_ref().map(|r| r.reason) {
+        .map(|d| match d.reason() {
             Some(reason) => format!("{} is {} ({})", d.name, d.state.as_str(), reason.as_str()),
             None => format!("{} is {}", d.name, d.state.as_str()),
         })

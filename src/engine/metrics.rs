@@ -29,6 +29,7 @@ pub struct CheckMetrics {
     queue_depth: IntGaugeVec,
     check_last_run: IntGaugeVec,
     cascade_active: IntGaugeVec,
+    maintenance_active: IntGaugeVec,
 }
 
 /// The label values of one checker, fixed for its life.
@@ -123,6 +124,11 @@ impl CheckMetrics {
                 "1 while cascade protection holds this critical dependency (down on enough replicas, counted as non-critical), else 0. Only for policies with cascadeProtection enabled.",
                 DEPENDENCY_LABELS,
             ),
+            maintenance_active: gauge(
+                "healthgate_maintenance_active",
+                "1 while a maintenance window covering this dependency is open (a failure then degrades instead of downing), else 0. Only for policies with maintenance windows.",
+                DEPENDENCY_LABELS,
+            ),
         }
     }
 
@@ -180,6 +186,7 @@ impl CheckMetrics {
         let _ = self.check_last_run.remove_label_values(&dependency);
         let _ = self.queue_depth.remove_label_values(&dependency);
         let _ = self.cascade_active.remove_label_values(&dependency);
+        let _ = self.maintenance_active.remove_label_values(&dependency);
         for state in State::ALL {
             let _ = self
                 .dependency_state
@@ -198,6 +205,13 @@ impl CheckMetrics {
     /// Written on each scrape from the snapshot; removed with the checker's other series.
     pub fn set_protection(&self, key: &PolicyKey, dependency: &str, active: bool) {
         self.cascade_active
+            .with_label_values(&[&key.namespace, &key.name, dependency])
+            .set(i64::from(active));
+    }
+
+    /// Written on each scrape from the snapshot; removed with the checker's other series.
+    pub fn set_maintenance(&self, key: &PolicyKey, dependency: &str, active: bool) {
+        self.maintenance_active
             .with_label_values(&[&key.namespace, &key.name, dependency])
             .set(i64::from(active));
     }

@@ -10,6 +10,7 @@ mod ready_cache;
 mod report;
 mod snapshot;
 
+use jiff::Timestamp;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::sync::{Arc, Mutex, RwLock};
@@ -30,7 +31,7 @@ pub use snapshot::{DependencyView, PolicySnapshot};
 
 use crate::checks::{Connections, Probe, TargetGuard};
 use crate::health::{State, aggregate, effective_state};
-use crate::policy::{DependencySpec, Policy};
+use crate::policy::{DependencySpec, Maintenance, Policy};
 
 /// Identifies a policy: its namespace (empty in standalone mode) and name.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -100,21 +101,33 @@ impl RunningPolicy {
 
     /// One pass over the checks, one slot lock each.
     fn snapshot(&self, now: Instant) -> PolicySnapshot {
+        let open = self.open_windows(Timestamp::now());
         let dependencies: Vec<DependencyView> = self
             .checks
             .iter()
             .map(|(name, check)| {
                 let last = check.slot.lock().expect("check slot lock").clone();
-                let state = self.effective(last.as_ref(), now);
+                let mut state = self.effective(last.as_ref(), now);
                 let protected = self.policy.cascade_protection.is_some()
                     && check.spec.critical
                     && state == State::Down
                     && self.shared_outage.contains(name);
+                let maintenance_until = open
+                    .iter()
+                    .filter(|(window, _)| window.covers(name))
+                    .map(|(_, until)| *until)
+                    .max();
+                let held_for_maintenance = maintenance_until.is_some() && state == State::Down;
+                if held_for_maintenance {
+                    state = State::Degraded;
+                }
                 DependencyView {
                     name: name.clone(),
                     critical: check.spec.critical,
                     state,
                     protected,
+                    maintenance_until,
+                    held_for_maintenance,
                     last,
                 }
             })
@@ -127,6 +140,7 @@ impl RunningPolicy {
             ),
             codes: self.policy.status_codes,
             cascade_protection: self.policy.cascade_protection.is_some(),
+            maintenance: !self.policy.maintenance.is_empty(),
             dependencies,
         }
     }
@@ -144,6 +158,26 @@ struct Inner {
     metrics: CheckMetrics,
     cancel: CancellationToken,
     tasks: TaskTracker,
+}
+
+impl RunningPolicy {
+    /// The maintenance windows open at `now`, with when each closes.
+    fn open_windows(&self, now: Timestamp) -> Vec<(&Maintenance, Timestamp)> {
+        self.policy
+            .maintenance
+            .iter()
+            .filter_map(|m| m.when.open_at(now).map(|o| (m, o.end)))
+            .collect()
+    }
+
+    /// When a maintenance window of this policy next opens or closes.
+    fn next_maintenance_change(&self, now: Timestamp) -> Option<Timestamp> {
+        self.policy
+            .maintenance
+            .iter()
+            .filter_map(|m| m.when.next_change(now))
+            .min()
+    }
 }
 
 impl Engine {
@@ -361,6 +395,11 @@ impl Engine {
                     metrics.set_protection(key, &dep.name, dep.protected);
                 }
             }
+            if snapshot.maintenance {
+                for dep in &snapshot.dependencies {
+                    metrics.set_maintenance(key, &dep.name, dep.maintenance_until.is_some());
+                }
+            }
         }
     }
 
@@ -407,9 +446,11 @@ impl Engine {
     }
 }
 
-/// When the first result that is fresh at `now` turns stale.
+/// When the answer next changes without any check publishing: the first result that is fresh
+/// at `now` turns stale, or a maintenance window opens or closes.
 fn turns_stale(policies: &BTreeMap<PolicyKey, RunningPolicy>, now: Instant) -> Option<Instant> {
-    policies
+    let wall = Timestamp::now();
+    let stale = policies
         .values()
         .flat_map(|running| {
             let max_staleness = running.policy.max_staleness;
@@ -418,8 +459,15 @@ fn turns_stale(policies: &BTreeMap<PolicyKey, RunningPolicy>, now: Instant) -> O
                 record.as_ref().map(|r| r.checked_instant + max_staleness)
             })
         })
-        .filter(|at| *at > now)
-        .min()
+        .filter(|at| *at > now);
+    let maintenance = policies
+        .values()
+        .filter_map(|running| running.next_maintenance_change(wall))
+        .filter_map(|at| {
+            let ahead = wall.duration_until(at).unsigned_abs();
+            now.checked_add(ahead)
+        });
+    stale.chain(maintenance).min()
 }
 
 #[cfg(test)]

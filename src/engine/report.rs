@@ -37,6 +37,9 @@ pub struct CheckView {
     /// Down, but held by cascade protection (down on enough replicas): counted as non-critical.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub protected: bool,
+    /// A maintenance window covering this dependency is open until then (RFC 3339).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub maintenance_until: Option<String>,
 }
 
 impl Report {
@@ -56,10 +59,11 @@ impl Report {
                         r.checked_at
                             .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
                     }),
-                    reason: last.map(|r| r.reason),
+                    reason: d.reason(),
                     detail: last.and_then(|r| r.detail.clone()),
                     error: last.and_then(|r| r.error.clone()),
                     protected: d.protected,
+                    maintenance_until: d.maintenance_until.map(|t| t.to_string()),
                 };
                 (d.name.clone(), view)
             })
@@ -142,6 +146,9 @@ struct CheckStatus {
     status: State,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     protected: bool,
+    /// Readiness semantics like `protected`: why a failing dependency is not down.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    maintenance: bool,
 }
 
 impl<'a> From<&'a Report> for StatusOnly<'a> {
@@ -155,6 +162,7 @@ impl<'a> From<&'a Report> for StatusOnly<'a> {
                     let status = CheckStatus {
                         status: view.state,
                         protected: view.protected,
+                        maintenance: view.reason == Some(Reason::Maintenance),
                     };
                     (name.as_str(), status)
                 })

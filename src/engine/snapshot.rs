@@ -3,8 +3,10 @@
 //! dependency; the texts inside records are shared (`Arc<str>`), so a snapshot copies no string
 //! but the dependency names.
 
+use jiff::Timestamp;
+
 use super::CheckRecord;
-use crate::health::{Overall, State};
+use crate::health::{Overall, Reason, State};
 use crate::policy::StatusCodes;
 
 /// One dependency as the engine sees it at the snapshot's `now`.
@@ -16,6 +18,10 @@ pub struct DependencyView {
     pub state: State,
     /// Down, but down on every replica: cascade protection counts it as non-critical.
     pub protected: bool,
+    /// Until when a maintenance window covering this dependency is open, if one is.
+    pub maintenance_until: Option<Timestamp>,
+    /// Down, reported degraded because a maintenance window is open.
+    pub held_for_maintenance: bool,
     /// The latest published result; `None` until the first check finishes.
     pub last: Option<CheckRecord>,
 }
@@ -29,6 +35,15 @@ impl DependencyView {
     pub fn never_checked(&self) -> bool {
         self.last.is_none()
     }
+
+    /// Why the dependency is in its state: the latest check's reason, or `maintenance` when an
+    /// open window turned a down into a degraded.
+    pub fn reason(&self) -> Option<Reason> {
+        if self.held_for_maintenance {
+            return Some(Reason::Maintenance);
+        }
+        self.last.as_ref().map(|r| r.reason)
+    }
 }
 
 /// A policy as the engine sees it: the aggregate and every dependency, sorted by name.
@@ -38,6 +53,8 @@ pub struct PolicySnapshot {
     pub codes: StatusCodes,
     /// Whether the policy has cascade protection enabled.
     pub cascade_protection: bool,
+    /// Whether the policy declares maintenance windows.
+    pub maintenance: bool,
     pub dependencies: Vec<DependencyView>,
 }
 

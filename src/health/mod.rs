@@ -2,6 +2,7 @@
 //! read here — callers pass `now` — so every rule is covered by table-driven tests.
 
 mod aggregate;
+pub mod maintenance;
 mod state;
 
 pub use aggregate::{Overall, aggregate};

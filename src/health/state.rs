@@ -97,10 +97,12 @@ pub enum Reason {
     Config,
     /// The target guard refused the resolved address; nothing was sent to it.
     Blocked,
+    /// Failing inside a maintenance window: reported degraded, not down. Never a check result.
+    Maintenance,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 12] = [
+    pub const ALL: [Reason; 13] = [
         Reason::Ok,
         Reason::Slow,
         Reason::QueueDepth,
@@ -113,6 +115,7 @@ impl Reason {
         Reason::NotServing,
         Reason::Config,
         Reason::Blocked,
+        Reason::Maintenance,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -129,6 +132,7 @@ impl Reason {
             Reason::NotServing => "not_serving",
             Reason::Config => "config",
             Reason::Blocked => "blocked",
+            Reason::Maintenance => "maintenance",
         }
     }
 }

@@ -6,7 +6,10 @@ pub mod validate;
 
 use std::time::Duration;
 
+use std::collections::BTreeSet;
+
 use crate::health::Window;
+use crate::health::maintenance::When;
 
 pub use crate::checks::{HttpTarget, QueueTarget, Target};
 pub use validate::{FieldError, UrlResolver, validate};
@@ -23,6 +26,24 @@ pub struct Policy {
     /// spec.cascadeProtection when enabled: a critical dependency down on enough replicas
     /// degrades instead of downing (see `Engine::set_shared_outage`).
     pub cascade_protection: Option<CascadeRules>,
+    /// spec.maintenance: when a failing dependency degrades instead of downing.
+    pub maintenance: Vec<Maintenance>,
+}
+
+/// One maintenance window and the dependencies it covers.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Maintenance {
+    pub when: When,
+    /// `None`: every dependency of the policy.
+    pub dependencies: Option<BTreeSet<String>>,
+}
+
+impl Maintenance {
+    pub fn covers(&self, dependency: &str) -> bool {
+        self.dependencies
+            .as_ref()
+            .is_none_or(|names| names.contains(dependency))
+    }
 }
 
 /// When cascade protection engages, and for how long.

@@ -150,6 +150,12 @@ pub fn validate(
     };
 
     let cascade_protection = cascade_rules(spec, &mut errors);
+    let names = spec.dependencies.iter().map(|d| d.name.as_str()).collect();
+    let maintenance = maintenance::windows(
+        spec.maintenance.as_deref().unwrap_or(&[]),
+        &names,
+        &mut errors,
+    );
 
     if errors.0.is_empty() {
         Ok(Policy {
@@ -157,6 +163,7 @@ pub fn validate(
             status_codes,
             dependencies,
             cascade_protection,
+            maintenance,
         })
     } else {
         Err(errors.0)
@@ -630,5 +637,6 @@ fn is_dns_label(name: &str) -> bool {
         && bytes.last().is_some_and(|b| *b != b'-')
 }
 
+mod maintenance;
 #[cfg(test)]
 mod tests;

@@ -15,6 +15,8 @@ fn snapshot(checks: &[(&str, bool, State)]) -> PolicySnapshot {
             critical: *critical,
             state: *state,
             protected: false,
+            maintenance_until: None,
+            held_for_maintenance: false,
             last: Some(CheckRecord {
                 state: *state,
                 reason: match state {
@@ -35,6 +37,7 @@ fn snapshot(checks: &[(&str, bool, State)]) -> PolicySnapshot {
         overall: aggregate(checks.iter().map(|(_, c, s)| (*c, *s))),
         codes: StatusCodes::default(),
         cascade_protection: false,
+        maintenance: false,
         dependencies,
     }
 }
@@ -304,4 +307,45 @@ fn cascade_protected_names_the_held_dependencies() {
         ("True", "SharedOutage")
     );
     assert!(condition.message.ends_with(": db"), "{}", condition.message);
+}
+
+#[test]
+fn an_open_maintenance_window_is_a_condition_and_the_reason() {
+    let mut snap = snapshot(&[("db", true, State::Degraded), ("cache", true, State::Ok)]);
+    snap.maintenance = true;
+    let until: jiff::Timestamp = "2026-12-06T03:00:00Z".parse().unwrap();
+    snap.dependencies[0].maintenance_until = Some(until);
+    snap.dependencies[0].held_for_maintenance = true;
+    fn inputs(snapshot: &PolicySnapshot) -> Inputs<'_> {
+        Inputs {
+            generation: Some(1),
+            snapshot: Some(snapshot),
+            invalid: None,
+            now: at(0),
+        }
+    }
+    let status = desired(&inputs(&snap), None);
+    let maintenance = find(&status, MAINTENANCE).expect("a Maintenance condition");
+    assert_eq!(
+        (maintenance.status.as_str(), maintenance.reason.as_str()),
+        ("True", "WindowOpen")
+    );
+    assert!(
+        maintenance
+            .message
+            .contains("db until 2026-12-06T03:00:00Z"),
+        "{}",
+        maintenance.message
+    );
+    let db = status.dependencies.iter().find(|d| d.name == "db").unwrap();
+    assert_eq!(db.reason, Some(Reason::Maintenance));
+    assert_eq!(cond(&status, READY).0, "True", "degraded keeps the pods");
+
+    snap.dependencies[0].maintenance_until = None;
+    snap.dependencies[0].held_for_maintenance = false;
+    let closed = desired(&inputs(&snap), Some(&status));
+    assert_eq!(cond(&closed, MAINTENANCE).0, "False");
+    // Without windows in the policy there is no such condition at all.
+    snap.maintenance = false;
+    assert!(find(&desired(&inputs(&snap), None), MAINTENANCE).is_none());
 }

@@ -204,6 +204,27 @@ fn every_problem_is_reported_with_its_field_path() {
             ],
         ),
         (
+            "maintenance: [{start: '2026-12-06T02:00:00Z', end: '2026-12-06T01:00:00Z'}, {start: tomorrow, end: '2026-12-06T03:00:00Z', timeZone: UTC}]\ndependencies: [{name: a, type: tcp, tcp: {address: 'h:1'}}]",
+            &[
+                "spec.maintenance[0].end: must be after start",
+                "spec.maintenance[1].timeZone: only for a schedule",
+                "spec.maintenance[1].start: \"tomorrow\" is not an RFC 3339 time",
+            ],
+        ),
+        (
+            "maintenance: [{schedule: '0 25 * * *', duration: 0s, timeZone: Mars/Olympus, dependencies: [a, nope]}]\ndependencies: [{name: a, type: tcp, tcp: {address: 'h:1'}}]",
+            &[
+                "spec.maintenance[0].schedule: hour field: 25 is out of range 0-23",
+                "spec.maintenance[0].duration: must be above 0 and at most 168h",
+                "spec.maintenance[0].timeZone: \"Mars/Olympus\" is not an IANA time zone",
+                "spec.maintenance[0].dependencies[1]: no dependency is named \"nope\"",
+            ],
+        ),
+        (
+            "maintenance: [{schedule: '@daily', start: '2026-12-06T02:00:00Z'}]\ndependencies: [{name: a, type: tcp, tcp: {address: 'h:1'}}]",
+            &["spec.maintenance[0]: set start and end, or schedule and duration"],
+        ),
+        (
             "dependencies: [{name: a, type: tcp, degradedLatency: 2s, tcp: {address: 'h:1'}}]",
             &[
                 "spec.dependencies[0].degradedLatency: degradedLatency 2s must be less than the timeout 1s",
