@@ -461,6 +461,15 @@ async fn invalid_policies_are_rejected_naming_the_field() {
             ],
         ),
         (
+            "CEL: a maintenance window both one-off and recurring",
+            json!({"maintenance": [{"start": "2026-12-06T02:00:00Z", "schedule": "@daily"}],
+                   "dependencies": [dep(json!({}))]}),
+            vec![
+                "spec.maintenance[0]",
+                "set start and end, or schedule and duration",
+            ],
+        ),
+        (
             "CEL: retryInterval above 1h",
             json!({"dependencies": [dep(json!({"retryInterval": "2h"}))]}),
             vec!["spec.dependencies[0].retryInterval", "must be at most 1h"],

@@ -111,6 +111,15 @@ fn when(window: &MaintenanceWindow, path: &str, errors: &mut Errors) -> Option<W
             };
             let zone = match time_zone.as_deref() {
                 None => Some(TimeZone::UTC),
+                // Only the characters of IANA names: a name becomes a path in the system
+                // database, and `../` must not walk out of it.
+                Some(name) if !plausible_zone_name(name) => {
+                    errors.push(
+                        format!("{path}.timeZone"),
+                        format!("{name:?} is not an IANA time zone like Europe/Berlin"),
+                    );
+                    None
+                }
                 Some(name) => TimeZone::get(name)
                     .map_err(|_| {
                         errors.push(
@@ -131,4 +140,16 @@ fn when(window: &MaintenanceWindow, path: &str, errors: &mut Errors) -> Option<W
             None
         }
     }
+}
+
+fn plausible_zone_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && !name.starts_with('/')
+        && name
+            .split('/')
+            .all(|part| !part.is_empty() && part != "." && part != "..")
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '/' | '_' | '-' | '+'))
 }

@@ -221,6 +221,10 @@ fn every_problem_is_reported_with_its_field_path() {
             ],
         ),
         (
+            "maintenance: [{schedule: '@daily', duration: 1h, timeZone: '../../../etc/passwd'}]\ndependencies: [{name: a, type: tcp, tcp: {address: 'h:1'}}]",
+            &["spec.maintenance[0].timeZone: \"../../../etc/passwd\" is not an IANA time zone"],
+        ),
+        (
             "maintenance: [{schedule: '@daily', start: '2026-12-06T02:00:00Z'}]\ndependencies: [{name: a, type: tcp, tcp: {address: 'h:1'}}]",
             &["spec.maintenance[0]: set start and end, or schedule and duration"],
         ),
