@@ -274,16 +274,19 @@ pub enum DependencyType {
     Tcp,
     /// The standard gRPC health check (grpc.health.v1.Health/Check).
     Grpc,
+    /// Another HealthPolicy in the same namespace: its aggregated status.
+    Policy,
 }
 
 impl DependencyType {
-    pub const ALL: [DependencyType; 6] = [
+    pub const ALL: [DependencyType; 7] = [
         Self::Postgres,
         Self::Redis,
         Self::RedisQueue,
         Self::Http,
         Self::Tcp,
         Self::Grpc,
+        Self::Policy,
     ];
 
     /// The YAML spelling, which is also the name of the matching check block.
@@ -295,6 +298,7 @@ impl DependencyType {
             Self::Http => "http",
             Self::Tcp => "tcp",
             Self::Grpc => "grpc",
+            Self::Policy => "policy",
         }
     }
 }
@@ -371,6 +375,9 @@ pub struct Dependency {
     /// Settings for `type: grpc`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub grpc: Option<GrpcCheck>,
+    /// Settings for `type: policy`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<PolicyCheck>,
 }
 
 impl Dependency {
@@ -386,6 +393,7 @@ impl Dependency {
             DependencyType::Http => dyn_block(&self.http),
             DependencyType::Tcp => dyn_block(&self.tcp),
             DependencyType::Grpc => dyn_block(&self.grpc),
+            DependencyType::Policy => dyn_block(&self.policy),
         }
     }
 }
@@ -528,6 +536,16 @@ pub struct GrpcCheck {
     /// Service name to ask about; empty (default) asks about the server as a whole.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service: Option<String>,
+}
+
+/// Another HealthPolicy this service depends on, e.g. the policy of a service it calls. Its
+/// aggregated status is this dependency's: down with reason `upstream` (naming the upstream's
+/// failing dependencies) when it is down, degraded when it is degraded. Cycles are rejected.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+pub struct PolicyCheck {
+    /// Name of a HealthPolicy in the same namespace, served by the same healthgate.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
 }
 
 /// Observed state of a HealthPolicy, written by the controller's leader.

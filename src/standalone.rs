@@ -200,6 +200,10 @@ pub fn parse(text: &str, path: &Path) -> Result<(PolicyKey, Policy), Vec<String>
         resource.metadata.namespace.clone().unwrap_or_default(),
         name,
     );
+    // One policy per process: the only cycle it can close is with itself.
+    if let Some(error) = crate::engine::cycle_error(&key, &policy, |_| None) {
+        return Err(vec![error.to_string()]);
+    }
     Ok((key, policy))
 }
 

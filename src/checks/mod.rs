@@ -7,15 +7,18 @@ mod connections;
 mod grpc;
 mod guard;
 mod http;
+mod policy;
 mod postgres;
 mod redis;
 mod tcp;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 pub use connections::Connections;
 pub use guard::{Blocked, Cidr, TargetGuard};
 pub use http::HttpTarget;
+pub use policy::Upstreams;
 pub use redis::QueueTarget;
 
 use crate::api::{DependencyType, UrlFrom};
@@ -53,6 +56,7 @@ pub enum Target {
     Http(HttpTarget),
     Tcp { address: String },
     Grpc { address: String, service: String },
+    Policy { name: String },
 }
 
 /// A client shared between probes, named by what opens it.
@@ -71,6 +75,7 @@ impl Target {
             Target::Http(_) => DependencyType::Http,
             Target::Tcp { .. } => DependencyType::Tcp,
             Target::Grpc { .. } => DependencyType::Grpc,
+            Target::Policy { .. } => DependencyType::Policy,
         }
     }
 
@@ -82,6 +87,7 @@ impl Target {
             Target::Http(h) => h.url.redacted(),
             Target::Tcp { address } => address.clone(),
             Target::Grpc { address, service } => format!("{address} service={service:?}"),
+            Target::Policy { name } => format!("policy {name}"),
         }
     }
 
@@ -91,7 +97,7 @@ impl Target {
             Target::Postgres { url } | Target::Redis { url } => Some(SharedClient::Url(url)),
             Target::RedisQueue(q) => Some(SharedClient::Url(&q.url)),
             Target::Grpc { address, .. } => Some(SharedClient::Address(address)),
-            Target::Http(_) | Target::Tcp { .. } => None,
+            Target::Http(_) | Target::Tcp { .. } | Target::Policy { .. } => None,
         }
     }
 }
@@ -155,12 +161,19 @@ pub enum Probe {
     Http(http::HttpProbe),
     Tcp(tcp::TcpProbe),
     Grpc(grpc::GrpcProbe),
+    Policy(policy::PolicyProbe),
 }
 
 impl Probe {
-    /// Builds the probe, taking pooled connections from `connections`. Creating a probe never
-    /// connects: a dependency that is down at start-up is simply reported down.
-    pub fn new(target: &Target, timeout: Duration, connections: &Connections) -> Self {
+    /// Builds the probe, taking pooled connections from `connections` and other policies'
+    /// states from `upstreams`. Creating a probe never connects: a dependency that is down at
+    /// start-up is simply reported down.
+    pub fn new(
+        target: &Target,
+        timeout: Duration,
+        connections: &Connections,
+        upstreams: &Arc<dyn Upstreams>,
+    ) -> Self {
         let guard = connections.guard();
         match target {
             Target::Postgres { url } => Probe::Postgres(postgres::PostgresProbe::new(
@@ -188,6 +201,9 @@ impl Probe {
                 connections.grpc(address, timeout),
                 service.clone(),
             )),
+            Target::Policy { name } => {
+                Probe::Policy(policy::PolicyProbe::new(upstreams.clone(), name.clone()))
+            }
         }
     }
 
@@ -199,6 +215,7 @@ impl Probe {
             Probe::Http(p) => p.run().await,
             Probe::Tcp(p) => p.run().await,
             Probe::Grpc(p) => p.run().await,
+            Probe::Policy(p) => p.run().await,
         }
     }
 }

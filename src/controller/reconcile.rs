@@ -41,14 +41,18 @@ pub async fn reconcile(policy: Arc<HealthPolicy>, ctx: Arc<Context>) -> Result<A
     observed.generation = generation;
     observed.reference = policy.object_ref(&());
     match result {
-        Ok(valid) => {
-            if observed.applied.as_ref() != Some(&valid) {
-                let changes = ctx.engine.apply(&key, valid.clone());
+        Ok(valid) if observed.applied.as_ref() == Some(&valid) => observed.invalid = None,
+        Ok(valid) => match ctx.engine.apply_acyclic(&key, valid.clone()) {
+            Ok(changes) => {
                 info!(policy = %key, generation, started = ?changes.started, restarted = ?changes.restarted, stopped = ?changes.stopped, "reconciled");
                 observed.applied = Some(valid);
+                observed.invalid = None;
             }
-            observed.invalid = None;
-        }
+            Err(cycle) => {
+                warn!(policy = %key, generation, problem = %cycle, keeps_running = observed.applied.is_some(), "invalid policy; the last good spec keeps running");
+                observed.invalid = Some(vec![cycle]);
+            }
+        },
         Err(errors) => {
             // FieldError messages never quote a credential (validation redacts URLs).
             let problems: Vec<String> = errors.iter().map(ToString::to_string).collect();

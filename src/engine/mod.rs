@@ -9,6 +9,8 @@ mod metrics;
 mod ready_cache;
 mod report;
 mod snapshot;
+mod upstream;
+pub use upstream::cycle_error;
 
 use jiff::Timestamp;
 use std::collections::{BTreeMap, BTreeSet};
@@ -29,9 +31,9 @@ pub use ready_cache::Rendered;
 pub use report::{CheckView, Report, View};
 pub use snapshot::{DependencyView, PolicySnapshot};
 
-use crate::checks::{Connections, Probe, TargetGuard};
+use crate::checks::{Connections, Probe, TargetGuard, Upstreams};
 use crate::health::{State, aggregate, effective_state};
-use crate::policy::{DependencySpec, Maintenance, Policy};
+use crate::policy::{DependencySpec, FieldError, Maintenance, Policy};
 
 /// Identifies a policy: its namespace (empty in standalone mode) and name.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -201,9 +203,31 @@ impl Engine {
 
     /// Starts, restarts or stops checkers so that `key` runs exactly `policy`.
     pub fn apply(&self, key: &PolicyKey, policy: Policy) -> Changes {
+        let mut policies = self.inner.policies.write().expect("engine lock");
+        self.apply_locked(&mut policies, key, policy)
+    }
+
+    /// [`Engine::apply`], unless `policy` would close a cycle of `type: policy` dependencies
+    /// with the policies running now: then nothing changes and the error says where. Checked
+    /// under the same lock as the apply, so two policies reconciled at once cannot both pass.
+    pub fn apply_acyclic(&self, key: &PolicyKey, policy: Policy) -> Result<Changes, FieldError> {
+        let mut policies = self.inner.policies.write().expect("engine lock");
+        if let Some(error) = upstream::cycle_error(key, &policy, |k| {
+            policies.get(k).map(|running| &running.policy)
+        }) {
+            return Err(error);
+        }
+        Ok(self.apply_locked(&mut policies, key, policy))
+    }
+
+    fn apply_locked(
+        &self,
+        policies: &mut BTreeMap<PolicyKey, RunningPolicy>,
+        key: &PolicyKey,
+        policy: Policy,
+    ) -> Changes {
         // One critical section for the whole diff: a concurrent /ready sees the old policy or the
         // new one, never a moment without it. Nothing in here waits on I/O.
-        let mut policies = self.inner.policies.write().expect("engine lock");
         let mut changes = Changes::default();
         let (mut previous, shared_outage) = policies
             .remove(key)
@@ -251,7 +275,6 @@ impl Engine {
             .connections
             .retain(policies.values().map(|p| &p.policy));
         self.inner.ready.invalidate();
-        drop(policies);
         info!(policy = %key, started = ?changes.started, restarted = ?changes.restarted, stopped = ?changes.stopped, "policy applied");
         changes
     }
@@ -403,6 +426,14 @@ impl Engine {
         }
     }
 
+    /// What `type: policy` probes of `namespace` read: this engine, without keeping it alive.
+    fn upstreams(&self, namespace: &str) -> Arc<dyn Upstreams> {
+        Arc::new(upstream::EngineUpstreams {
+            inner: Arc::downgrade(&self.inner),
+            namespace: namespace.to_string(),
+        })
+    }
+
     /// Stops every checker, waits for them and closes the pools.
     pub async fn shutdown(&self) {
         self.inner.cancel.cancel();
@@ -423,7 +454,12 @@ impl Engine {
         let checker = Checker {
             key: key.clone(),
             spec: spec.clone(),
-            probe: Probe::new(&spec.target, spec.schedule.timeout, &self.inner.connections),
+            probe: Probe::new(
+                &spec.target,
+                spec.schedule.timeout,
+                &self.inner.connections,
+                &self.upstreams(&key.namespace),
+            ),
             slot: slot.clone(),
             published: self.inner.ready.generation(),
             metrics: self.inner.metrics.clone(),

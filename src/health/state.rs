@@ -99,10 +99,12 @@ pub enum Reason {
     Blocked,
     /// Failing inside a maintenance window: reported degraded, not down. Never a check result.
     Maintenance,
+    /// The HealthPolicy this dependency names is down (or degraded).
+    Upstream,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 13] = [
+    pub const ALL: [Reason; 14] = [
         Reason::Ok,
         Reason::Slow,
         Reason::QueueDepth,
@@ -116,6 +118,7 @@ impl Reason {
         Reason::Config,
         Reason::Blocked,
         Reason::Maintenance,
+        Reason::Upstream,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -133,6 +136,7 @@ impl Reason {
             Reason::Config => "config",
             Reason::Blocked => "blocked",
             Reason::Maintenance => "maintenance",
+            Reason::Upstream => "upstream",
         }
     }
 }
