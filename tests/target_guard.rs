@@ -346,6 +346,9 @@ async fn kubernetes_mode_blocks_metadata_the_api_server_denied_cidrs_and_loopbac
                     &env.ns,
                     "--deny-cidr",
                     "10.0.0.0/8",
+                    // The reasons are details; anonymous callers would see status only.
+                    "--details",
+                    "always",
                 ],
             )
         });
@@ -402,6 +405,8 @@ async fn kubernetes_mode_blocks_metadata_the_api_server_denied_cidrs_and_loopbac
                 "reach",
                 "--deny-cidr",
                 "10.0.0.0/8",
+                "--details",
+                "always",
             ],
         )
     });
