@@ -27,6 +27,8 @@ pub const DNS_LABEL_PATTERN: &str = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$";
 /// Status code ranges for HTTP checks: `200`, `200-299`, `200-299,301`.
 pub const STATUS_RANGES_PATTERN: &str =
     r"^[1-5][0-9]{2}(-[1-5][0-9]{2})?(,[1-5][0-9]{2}(-[1-5][0-9]{2})?)*$";
+/// Certificate-expiry windows: a duration, or whole days (`14d`).
+pub const CERT_WINDOW_PATTERN: &str = r"^([0-9]+d|([0-9]+(ms|s|m|h))+)$";
 /// Bounds the quadratic unique-name rule so the API server's CEL cost estimate stays in budget.
 pub const MAX_DEPENDENCIES: usize = 64;
 
@@ -48,7 +50,7 @@ pub fn crd_yaml() -> String {
     namespaced,
     status = "HealthPolicyStatus",
     derive = "PartialEq",
-    doc = "HealthPolicy declares a service's dependencies (databases, caches, queues, HTTP, TCP and gRPC endpoints) and how their health maps to the service's readiness.",
+    doc = "HealthPolicy declares a service's dependencies (databases, caches, queues, HTTP, TCP, gRPC and TLS endpoints) and how their health maps to the service's readiness.",
     printcolumn(
         name = "Ready",
         type_ = "string",
@@ -189,16 +191,19 @@ pub enum DependencyType {
     Tcp,
     /// The standard gRPC health check (grpc.health.v1.Health/Check).
     Grpc,
+    /// A TLS handshake: certificate chain, hostname and days until the certificate expires.
+    Tls,
 }
 
 impl DependencyType {
-    pub const ALL: [DependencyType; 6] = [
+    pub const ALL: [DependencyType; 7] = [
         Self::Postgres,
         Self::Redis,
         Self::RedisQueue,
         Self::Http,
         Self::Tcp,
         Self::Grpc,
+        Self::Tls,
     ];
 
     /// The YAML spelling, which is also the name of the matching check block.
@@ -210,6 +215,7 @@ impl DependencyType {
             Self::Http => "http",
             Self::Tcp => "tcp",
             Self::Grpc => "grpc",
+            Self::Tls => "tls",
         }
     }
 }
@@ -269,6 +275,9 @@ pub struct Dependency {
     /// Settings for `type: grpc`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub grpc: Option<GrpcCheck>,
+    /// Settings for `type: tls`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsCheck>,
 }
 
 impl Dependency {
@@ -284,6 +293,7 @@ impl Dependency {
             DependencyType::Http => dyn_block(&self.http),
             DependencyType::Tcp => dyn_block(&self.tcp),
             DependencyType::Grpc => dyn_block(&self.grpc),
+            DependencyType::Tls => dyn_block(&self.tls),
         }
     }
 }
@@ -426,6 +436,46 @@ pub struct GrpcCheck {
     /// Service name to ask about; empty (default) asks about the server as a whole.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service: Option<String>,
+}
+
+/// A TLS endpoint checked with a handshake: the chain must verify, the certificate must name the
+/// host, and it must not expire too soon. Nothing is sent after the handshake.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TlsCheck {
+    /// `host:port` to connect to. The host is sent as SNI (unless it is an IP address) and must
+    /// be named by the certificate (a DNS name, or an IP address in its subjectAltName).
+    #[schemars(length(min = 3))]
+    pub address: String,
+    /// CA certificates (PEM) to verify the chain against instead of the system roots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_from: Option<CaFrom>,
+    /// A certificate that expires sooner than this reports the dependency as degraded, reason
+    /// `cert_expiry`. Units d, h, m, s, ms (`14d`, `36h`). Default 14d.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = CERT_WINDOW_PATTERN), length(max = DURATION_MAX_LEN))]
+    pub degraded_before: Option<String>,
+    /// A certificate that expires sooner than this reports the dependency as down, reason
+    /// `cert_expiry`; must be less than degradedBefore. Default 0s: down once expired.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = CERT_WINDOW_PATTERN), length(max = DURATION_MAX_LEN))]
+    pub down_before: Option<String>,
+}
+
+/// Where CA certificates (PEM, one or more) come from: set exactly one field.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.file) != has(self.secretKeyRef)").message("set exactly one of file or secretKeyRef"))]
+pub struct CaFrom {
+    /// A key of a Secret in the policy's namespace that holds the PEM bundle (Kubernetes mode
+    /// only). A change to the Secret takes effect without a restart.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_key_ref: Option<SecretKeyRef>,
+    /// Path of a PEM file readable by healthgate (standalone mode only: in Kubernetes mode a
+    /// policy must not read the controller's files).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 4096))]
+    pub file: Option<String>,
 }
 
 /// Observed state of a HealthPolicy, written by the controller's leader.

@@ -38,6 +38,10 @@ fn grpc(name: &str, address: &str) -> String {
     policy::dep(name, &format!("type: grpc, grpc: {{address: '{address}'}}"))
 }
 
+fn tls(name: &str, address: &str) -> String {
+    policy::dep(name, &format!("type: tls, tls: {{address: '{address}'}}"))
+}
+
 fn queue(name: &str, url: &str) -> String {
     policy::dep(
         name,
@@ -115,6 +119,7 @@ fn standalone_flags_block_metadata_denied_cidrs_and_names_without_connecting() {
             &format!("http://[::ffff:{METADATA}]:{m}/"),
         ),
         grpc("meta-grpc", &format!("{METADATA}:{m}")),
+        tls("meta-tls", &format!("{METADATA}:{m}")),
         policy::postgres(
             "meta-postgres",
             &policy::inline(&format!("postgres://app:{PASSWORD}@{METADATA}:{m}/app")),
@@ -144,9 +149,12 @@ fn standalone_flags_block_metadata_denied_cidrs_and_names_without_connecting() {
         policy::tcp("name-tcp", &format!("localhost:{}", named.port()), true),
         http("name-http", &format!("http://localhost:{}/", named.port())),
         grpc("name-grpc", &format!("localhost:{}", named.port())),
+        tls("name-tls", &format!("localhost:{}", named.port())),
         // An allowed server redirecting to metadata: redirects are not followed.
         http("redirect", &format!("http://{LOCAL}:{}/", redirect.port())),
         policy::tcp("control-tcp", &format!("{LOCAL}:{}", control.port()), true),
+        // Reaches the listener (which speaks no TLS), so it fails, but not blocked.
+        tls("control-tls", &format!("{LOCAL}:{}", control.port())),
         http(
             "control-http",
             &format!("http://{LOCAL}:{}/", control.port()),
@@ -183,6 +191,10 @@ fn standalone_flags_block_metadata_denied_cidrs_and_names_without_connecting() {
             "169.254.169.254 is link-local (denied by default)",
         ),
         (
+            "meta-tls",
+            "169.254.169.254 is link-local (denied by default)",
+        ),
+        (
             "meta-postgres",
             "169.254.169.254 is link-local (denied by default)",
         ),
@@ -203,10 +215,12 @@ fn standalone_flags_block_metadata_denied_cidrs_and_names_without_connecting() {
         ("name-tcp", "127.0.0.1 is in --deny-cidr 127.0.0.1/32"),
         ("name-http", "127.0.0.1 is in --deny-cidr 127.0.0.1/32"),
         ("name-grpc", "127.0.0.1 is in --deny-cidr 127.0.0.1/32"),
+        ("name-tls", "127.0.0.1 is in --deny-cidr 127.0.0.1/32"),
     ];
     let mut expected: Vec<(&str, &str)> = blocked.iter().map(|(n, _)| (*n, "down")).collect();
     expected.extend([
         ("redirect", "down"),
+        ("control-tls", "down"),
         ("control-tcp", "ok"),
         ("control-http", "ok"),
         ("control-postgres", "ok"),
@@ -224,6 +238,10 @@ fn standalone_flags_block_metadata_denied_cidrs_and_names_without_connecting() {
     assert_eq!(body["checks"]["redirect"]["reason"], "status", "{body:#}");
     assert_eq!(
         body["checks"]["redirect"]["error"], "unexpected status 302",
+        "{body:#}"
+    );
+    assert_ne!(
+        body["checks"]["control-tls"]["reason"], "blocked",
         "{body:#}"
     );
     assert_eq!(metadata.accepted(), 0, "connections to {METADATA}");

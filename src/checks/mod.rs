@@ -10,6 +10,8 @@ mod http;
 mod postgres;
 mod redis;
 mod tcp;
+mod tls;
+mod x509;
 
 use std::time::Duration;
 
@@ -17,8 +19,9 @@ pub use connections::Connections;
 pub use guard::{Blocked, Cidr, TargetGuard};
 pub use http::HttpTarget;
 pub use redis::QueueTarget;
+pub use tls::{CaBundle, TlsTarget};
 
-use crate::api::{DependencyType, UrlFrom};
+use crate::api::{CaFrom, DependencyType, UrlFrom};
 use crate::health::{Outcome, Reason};
 use crate::policy::validate::Errors;
 use crate::secret::SecretUrl;
@@ -29,10 +32,25 @@ pub trait CheckBlock {
     /// validation resolves it and Secret rotation follows it without another list to update.
     fn url(&self) -> Option<UrlField<'_>>;
 
-    /// The checked, defaulted target. `url` is the resolved [`CheckBlock::url`] (`None` when the
-    /// kind has none, or when it did not resolve: that problem is already in `errors`). Problems
-    /// go to `errors` at field paths under `block`, the path of this block.
-    fn target(&self, url: Option<SecretUrl>, block: &str, errors: &mut Errors) -> Option<Target>;
+    /// Where the block's CA certificates come from, if it has any: declared here for the same
+    /// reason as [`CheckBlock::url`].
+    fn ca_from(&self) -> Option<&CaFrom> {
+        None
+    }
+
+    /// The checked, defaulted target, from what validation resolved for it. Problems go to
+    /// `errors` at field paths under `block`, the path of this block.
+    fn target(&self, resolved: Resolved, block: &str, errors: &mut Errors) -> Option<Target>;
+}
+
+/// What validation resolved for a block. Each is `None` when the kind declares none, or when it
+/// did not resolve: that problem is already in the errors.
+#[derive(Default)]
+pub struct Resolved {
+    /// The resolved [`CheckBlock::url`].
+    pub url: Option<SecretUrl>,
+    /// The parsed [`CheckBlock::ca_from`].
+    pub ca: Option<CaBundle>,
 }
 
 /// A URL field of a check block: written inline or read from `urlFrom`.
@@ -53,6 +71,7 @@ pub enum Target {
     Http(HttpTarget),
     Tcp { address: String },
     Grpc { address: String, service: String },
+    Tls(TlsTarget),
 }
 
 /// A client shared between probes, named by what opens it.
@@ -71,6 +90,7 @@ impl Target {
             Target::Http(_) => DependencyType::Http,
             Target::Tcp { .. } => DependencyType::Tcp,
             Target::Grpc { .. } => DependencyType::Grpc,
+            Target::Tls(_) => DependencyType::Tls,
         }
     }
 
@@ -81,6 +101,10 @@ impl Target {
             Target::RedisQueue(q) => format!("{} key={}", q.url.redacted(), q.key),
             Target::Http(h) => h.url.redacted(),
             Target::Tcp { address } => address.clone(),
+            Target::Tls(t) => match t.ca {
+                Some(_) => format!("{} ca=custom", t.address),
+                None => t.address.clone(),
+            },
             Target::Grpc { address, service } => format!("{address} service={service:?}"),
         }
     }
@@ -91,7 +115,7 @@ impl Target {
             Target::Postgres { url } | Target::Redis { url } => Some(SharedClient::Url(url)),
             Target::RedisQueue(q) => Some(SharedClient::Url(&q.url)),
             Target::Grpc { address, .. } => Some(SharedClient::Address(address)),
-            Target::Http(_) | Target::Tcp { .. } => None,
+            Target::Http(_) | Target::Tcp { .. } | Target::Tls(_) => None,
         }
     }
 }
@@ -106,6 +130,9 @@ pub struct Observation {
     pub error: Option<String>,
     /// Messages waiting, for queue checks; exported as `healthgate_queue_depth`.
     pub queue_depth: Option<u64>,
+    /// When the server's certificate expires (Unix seconds), for TLS checks; exported as
+    /// `healthgate_tls_cert_expiry_timestamp_seconds`.
+    pub cert_not_after: Option<i64>,
 }
 
 impl Observation {
@@ -118,6 +145,7 @@ impl Observation {
                 .map(|d| crate::secret::redact(&d).into_owned()),
             error: None,
             queue_depth: None,
+            cert_not_after: None,
         }
     }
 
@@ -129,6 +157,7 @@ impl Observation {
             // Shown on /ready, in spans, logs and status: redacted once, here.
             error: Some(crate::secret::redact(&error.into()).into_owned()),
             queue_depth: None,
+            cert_not_after: None,
         }
     }
 
@@ -155,6 +184,7 @@ pub enum Probe {
     Http(http::HttpProbe),
     Tcp(tcp::TcpProbe),
     Grpc(grpc::GrpcProbe),
+    Tls(tls::TlsProbe),
 }
 
 impl Probe {
@@ -188,6 +218,7 @@ impl Probe {
                 connections.grpc(address, timeout),
                 service.clone(),
             )),
+            Target::Tls(target) => Probe::Tls(tls::TlsProbe::new(target.clone(), guard)),
         }
     }
 
@@ -199,6 +230,7 @@ impl Probe {
             Probe::Http(p) => p.run().await,
             Probe::Tcp(p) => p.run().await,
             Probe::Grpc(p) => p.run().await,
+            Probe::Tls(p) => p.run().await,
         }
     }
 }

@@ -97,10 +97,15 @@ pub enum Reason {
     Config,
     /// The target guard refused the resolved address; nothing was sent to it.
     Blocked,
+    /// The TLS handshake failed: untrusted chain, a certificate that does not name the host, or
+    /// no common protocol.
+    Tls,
+    /// The certificate expires within degradedBefore (degraded) or downBefore (down).
+    CertExpiry,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 12] = [
+    pub const ALL: [Reason; 14] = [
         Reason::Ok,
         Reason::Slow,
         Reason::QueueDepth,
@@ -113,6 +118,8 @@ impl Reason {
         Reason::NotServing,
         Reason::Config,
         Reason::Blocked,
+        Reason::Tls,
+        Reason::CertExpiry,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -129,6 +136,8 @@ impl Reason {
             Reason::NotServing => "not_serving",
             Reason::Config => "config",
             Reason::Blocked => "blocked",
+            Reason::Tls => "tls",
+            Reason::CertExpiry => "cert_expiry",
         }
     }
 }

@@ -7,6 +7,7 @@ pub mod netns;
 pub mod node;
 pub mod policy;
 pub mod services;
+pub mod tls;
 pub mod tools;
 
 /// Runs `cmd` to completion, feeding it `stdin` (or nothing), and captures stdout and stderr.
