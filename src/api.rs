@@ -50,7 +50,7 @@ pub fn crd_yaml() -> String {
     namespaced,
     status = "HealthPolicyStatus",
     derive = "PartialEq",
-    doc = "HealthPolicy declares a service's dependencies (databases, caches, queues, HTTP, TCP, gRPC and TLS endpoints) and how their health maps to the service's readiness.",
+    doc = "HealthPolicy declares a service's dependencies (databases, caches, queues, HTTP, TCP, gRPC and TLS endpoints, DNS names) and how their health maps to the service's readiness.",
     printcolumn(
         name = "Ready",
         type_ = "string",
@@ -193,10 +193,12 @@ pub enum DependencyType {
     Grpc,
     /// A TLS handshake: certificate chain, hostname and days until the certificate expires.
     Tls,
+    /// A DNS lookup, optionally compared with the expected answers.
+    Dns,
 }
 
 impl DependencyType {
-    pub const ALL: [DependencyType; 7] = [
+    pub const ALL: [DependencyType; 8] = [
         Self::Postgres,
         Self::Redis,
         Self::RedisQueue,
@@ -204,6 +206,7 @@ impl DependencyType {
         Self::Tcp,
         Self::Grpc,
         Self::Tls,
+        Self::Dns,
     ];
 
     /// The YAML spelling, which is also the name of the matching check block.
@@ -216,6 +219,7 @@ impl DependencyType {
             Self::Tcp => "tcp",
             Self::Grpc => "grpc",
             Self::Tls => "tls",
+            Self::Dns => "dns",
         }
     }
 }
@@ -278,6 +282,9 @@ pub struct Dependency {
     /// Settings for `type: tls`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsCheck>,
+    /// Settings for `type: dns`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns: Option<DnsCheck>,
 }
 
 impl Dependency {
@@ -294,6 +301,7 @@ impl Dependency {
             DependencyType::Tcp => dyn_block(&self.tcp),
             DependencyType::Grpc => dyn_block(&self.grpc),
             DependencyType::Tls => dyn_block(&self.tls),
+            DependencyType::Dns => dyn_block(&self.dns),
         }
     }
 }
@@ -476,6 +484,47 @@ pub struct CaFrom {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 4096))]
     pub file: Option<String>,
+}
+
+/// A DNS name checked by looking it up. NXDOMAIN, no records of the type, a server error or no
+/// answer in time is down; with `expect`, so is any other set of answers.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DnsCheck {
+    /// The name to look up, e.g. `db.example.com`. Looked up as written: with the system
+    /// nameservers, a name without enough dots is also tried with the search domains (as the
+    /// application's own lookups are), with `nameserver` it is not.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// The record type to ask for: A (default), AAAA, SRV or CNAME.
+    #[serde(default)]
+    pub record_type: DnsRecordType,
+    /// The exact set of answers expected, in any order: IP addresses for A and AAAA, names for
+    /// CNAME, `priority weight port target` for SRV (e.g. `10 5 5432 db1.example.com`).
+    /// A missing or an extra answer is down (reason `unexpected_answer`). Unset: any answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 64))]
+    pub expect: Option<Vec<String>>,
+    /// The nameserver to ask, `IP` or `IP:port` (`[IPv6]:port`), instead of the system's
+    /// (/etc/resolv.conf). UDP, and TCP when an answer is truncated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 2, max = 64))]
+    pub nameserver: Option<String>,
+}
+
+/// A DNS record type a `dns` check can ask for.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, JsonSchema)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum DnsRecordType {
+    /// IPv4 addresses.
+    #[default]
+    A,
+    /// IPv6 addresses.
+    Aaaa,
+    /// Service records: priority, weight, port and target.
+    Srv,
+    /// The canonical name an alias points at.
+    Cname,
 }
 
 /// Observed state of a HealthPolicy, written by the controller's leader.

@@ -42,6 +42,14 @@ fn tls(name: &str, address: &str) -> String {
     policy::dep(name, &format!("type: tls, tls: {{address: '{address}'}}"))
 }
 
+/// A lookup asked of `nameserver`: the nameserver is the address judged.
+fn dns(name: &str, nameserver: &str) -> String {
+    policy::dep(
+        name,
+        &format!("type: dns, dns: {{name: db.example.test, nameserver: '{nameserver}'}}"),
+    )
+}
+
 fn queue(name: &str, url: &str) -> String {
     policy::dep(
         name,
@@ -120,6 +128,7 @@ fn standalone_flags_block_metadata_denied_cidrs_and_names_without_connecting() {
         ),
         grpc("meta-grpc", &format!("{METADATA}:{m}")),
         tls("meta-tls", &format!("{METADATA}:{m}")),
+        dns("meta-dns", &format!("{METADATA}:{m}")),
         policy::postgres(
             "meta-postgres",
             &policy::inline(&format!("postgres://app:{PASSWORD}@{METADATA}:{m}/app")),
@@ -145,6 +154,7 @@ fn standalone_flags_block_metadata_denied_cidrs_and_names_without_connecting() {
             "tenant-http",
             &format!("http://user:{PASSWORD}@{TENANT}:{}/", tenant.port()),
         ),
+        dns("tenant-dns", TENANT),
         // Names go through the resolver: judged by the addresses they resolve to.
         policy::tcp("name-tcp", &format!("localhost:{}", named.port()), true),
         http("name-http", &format!("http://localhost:{}/", named.port())),
@@ -195,6 +205,10 @@ fn standalone_flags_block_metadata_denied_cidrs_and_names_without_connecting() {
             "169.254.169.254 is link-local (denied by default)",
         ),
         (
+            "meta-dns",
+            "169.254.169.254 is link-local (denied by default)",
+        ),
+        (
             "meta-postgres",
             "169.254.169.254 is link-local (denied by default)",
         ),
@@ -212,6 +226,7 @@ fn standalone_flags_block_metadata_denied_cidrs_and_names_without_connecting() {
         ),
         ("tenant-tcp", "10.1.2.3 is in --deny-cidr 10.0.0.0/8"),
         ("tenant-http", "10.1.2.3 is in --deny-cidr 10.0.0.0/8"),
+        ("tenant-dns", "10.1.2.3 is in --deny-cidr 10.0.0.0/8"),
         ("name-tcp", "127.0.0.1 is in --deny-cidr 127.0.0.1/32"),
         ("name-http", "127.0.0.1 is in --deny-cidr 127.0.0.1/32"),
         ("name-grpc", "127.0.0.1 is in --deny-cidr 127.0.0.1/32"),

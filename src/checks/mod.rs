@@ -4,6 +4,7 @@
 //! `api.rs` holds their wire types. CONTRIBUTING.md has the recipe for adding one.
 
 mod connections;
+mod dns;
 mod grpc;
 mod guard;
 mod http;
@@ -16,6 +17,7 @@ mod x509;
 use std::time::Duration;
 
 pub use connections::Connections;
+pub use dns::DnsTarget;
 pub use guard::{Blocked, Cidr, TargetGuard};
 pub use http::HttpTarget;
 pub use redis::QueueTarget;
@@ -72,6 +74,7 @@ pub enum Target {
     Tcp { address: String },
     Grpc { address: String, service: String },
     Tls(TlsTarget),
+    Dns(DnsTarget),
 }
 
 /// A client shared between probes, named by what opens it.
@@ -91,6 +94,7 @@ impl Target {
             Target::Tcp { .. } => DependencyType::Tcp,
             Target::Grpc { .. } => DependencyType::Grpc,
             Target::Tls(_) => DependencyType::Tls,
+            Target::Dns(_) => DependencyType::Dns,
         }
     }
 
@@ -105,6 +109,7 @@ impl Target {
                 Some(_) => format!("{} ca=custom", t.address),
                 None => t.address.clone(),
             },
+            Target::Dns(d) => d.describe(),
             Target::Grpc { address, service } => format!("{address} service={service:?}"),
         }
     }
@@ -115,7 +120,7 @@ impl Target {
             Target::Postgres { url } | Target::Redis { url } => Some(SharedClient::Url(url)),
             Target::RedisQueue(q) => Some(SharedClient::Url(&q.url)),
             Target::Grpc { address, .. } => Some(SharedClient::Address(address)),
-            Target::Http(_) | Target::Tcp { .. } | Target::Tls(_) => None,
+            Target::Http(_) | Target::Tcp { .. } | Target::Tls(_) | Target::Dns(_) => None,
         }
     }
 }
@@ -185,6 +190,7 @@ pub enum Probe {
     Tcp(tcp::TcpProbe),
     Grpc(grpc::GrpcProbe),
     Tls(tls::TlsProbe),
+    Dns(dns::DnsProbe),
 }
 
 impl Probe {
@@ -219,6 +225,7 @@ impl Probe {
                 service.clone(),
             )),
             Target::Tls(target) => Probe::Tls(tls::TlsProbe::new(target.clone(), guard)),
+            Target::Dns(target) => Probe::Dns(dns::DnsProbe::new(target.clone(), timeout, guard)),
         }
     }
 
@@ -231,6 +238,7 @@ impl Probe {
             Probe::Tcp(p) => p.run().await,
             Probe::Grpc(p) => p.run().await,
             Probe::Tls(p) => p.run().await,
+            Probe::Dns(p) => p.run().await,
         }
     }
 }

@@ -102,10 +102,14 @@ pub enum Reason {
     Tls,
     /// The certificate expires within degradedBefore (degraded) or downBefore (down).
     CertExpiry,
+    /// The DNS lookup failed: NXDOMAIN, no records of the type, or a server error.
+    Dns,
+    /// The DNS answers differ from the expected set.
+    UnexpectedAnswer,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 14] = [
+    pub const ALL: [Reason; 16] = [
         Reason::Ok,
         Reason::Slow,
         Reason::QueueDepth,
@@ -120,6 +124,8 @@ impl Reason {
         Reason::Blocked,
         Reason::Tls,
         Reason::CertExpiry,
+        Reason::Dns,
+        Reason::UnexpectedAnswer,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -138,6 +144,8 @@ impl Reason {
             Reason::Blocked => "blocked",
             Reason::Tls => "tls",
             Reason::CertExpiry => "cert_expiry",
+            Reason::Dns => "dns",
+            Reason::UnexpectedAnswer => "unexpected_answer",
         }
     }
 }

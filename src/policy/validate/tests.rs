@@ -60,12 +60,13 @@ dependencies:
   - {name: smtp, type: tcp, tcp: {address: "127.0.0.1:25"}}
   - {name: billing, type: grpc, grpc: {address: "127.0.0.1:50051", service: ""}}
   - {name: api-cert, type: tls, critical: false, tls: {address: "api.example.com:443", degradedBefore: 14d, downBefore: 0s}}
+  - {name: db-name, type: dns, critical: false, dns: {name: db.example.com, recordType: A, expect: ["10.0.0.5"], nameserver: "10.0.0.10:53"}}
 "#;
 
 #[test]
 fn the_documented_example_is_valid_and_defaulted() {
     let policy = validate(&spec(FULL), &ENV).expect("valid");
-    assert_eq!(policy.dependencies.len(), 7);
+    assert_eq!(policy.dependencies.len(), 8);
     let pg = &policy.dependencies[0];
     assert_eq!(pg.schedule.interval, Duration::from_secs(2));
     assert_eq!(pg.schedule.timeout, Duration::from_secs(1));
@@ -202,6 +203,18 @@ fn every_problem_is_reported_with_its_field_path() {
                 "spec.dependencies[0].tls.caFrom.file: reading /nope.pem: No such file",
                 "spec.dependencies[1].tls.caFrom: set exactly one of file or secretKeyRef",
             ],
+        ),
+        (
+            "dependencies: [{name: a, type: dns, dns: {name: 'bad name', recordType: SRV, expect: ['10 5 5432 db', 'db'], nameserver: ns1.example.test}}]",
+            &[
+                "spec.dependencies[0].dns.name: \"bad name\" is not a DNS name",
+                "spec.dependencies[0].dns.expect[1]: \"db\" is not \"priority weight port target\"",
+                "spec.dependencies[0].dns.nameserver: \"ns1.example.test\" is not an IP address or IP:port",
+            ],
+        ),
+        (
+            "dependencies: [{name: a, type: dns, dns: {name: db.example.test, recordType: AAAA, expect: [10.0.0.1]}}]",
+            &["spec.dependencies[0].dns.expect[0]: \"10.0.0.1\" is not an IPv6 address"],
         ),
         (
             "dependencies: [{name: a, type: tcp, tcp: {address: 'nohost'}}]",
