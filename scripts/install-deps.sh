@@ -10,6 +10,10 @@ command -v wrk >/dev/null || need+=(wrk)
 command -v promtool >/dev/null || need+=(prometheus)
 command -v curl >/dev/null || need+=(curl)
 command -v jq >/dev/null || need+=(jq)
+# The tls check's tests make certificates and serve them with the openssl CLI.
+command -v openssl >/dev/null || need+=(openssl)
+# The dns check's tests run their own DNS server (the binary only: no system service).
+command -v dnsmasq >/dev/null || [ -x /usr/sbin/dnsmasq ] || need+=(dnsmasq-base)
 
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing: ${need[*]}" >&2

@@ -29,6 +29,8 @@ pub const DNS_LABEL_PATTERN: &str = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$";
 /// Status code ranges for HTTP checks: `200`, `200-299`, `200-299,301`.
 pub const STATUS_RANGES_PATTERN: &str =
     r"^[1-5][0-9]{2}(-[1-5][0-9]{2})?(,[1-5][0-9]{2}(-[1-5][0-9]{2})?)*$";
+/// Certificate-expiry windows: a duration, or whole days (`14d`).
+pub const CERT_WINDOW_PATTERN: &str = r"^([0-9]+d|([0-9]+(ms|s|m|h))+)$";
 /// Bounds the quadratic unique-name rule so the API server's CEL cost estimate stays in budget.
 pub const MAX_DEPENDENCIES: usize = 64;
 
@@ -50,7 +52,7 @@ pub fn crd_yaml() -> String {
     namespaced,
     status = "HealthPolicyStatus",
     derive = "PartialEq",
-    doc = "HealthPolicy declares a service's dependencies (databases, caches, queues, HTTP, TCP and gRPC endpoints) and how their health maps to the service's readiness.",
+    doc = "HealthPolicy declares a service's dependencies (databases, caches, queues, HTTP, TCP, gRPC and TLS endpoints, DNS names) and how their health maps to the service's readiness.",
     printcolumn(
         name = "Ready",
         type_ = "string",
@@ -276,10 +278,14 @@ pub enum DependencyType {
     Grpc,
     /// Another HealthPolicy in the same namespace: its aggregated status.
     Policy,
+    /// A TLS handshake: certificate chain, hostname and days until the certificate expires.
+    Tls,
+    /// A DNS lookup, optionally compared with the expected answers.
+    Dns,
 }
 
 impl DependencyType {
-    pub const ALL: [DependencyType; 7] = [
+    pub const ALL: [DependencyType; 9] = [
         Self::Postgres,
         Self::Redis,
         Self::RedisQueue,
@@ -287,6 +293,8 @@ impl DependencyType {
         Self::Tcp,
         Self::Grpc,
         Self::Policy,
+        Self::Tls,
+        Self::Dns,
     ];
 
     /// The YAML spelling, which is also the name of the matching check block.
@@ -299,6 +307,8 @@ impl DependencyType {
             Self::Tcp => "tcp",
             Self::Grpc => "grpc",
             Self::Policy => "policy",
+            Self::Tls => "tls",
+            Self::Dns => "dns",
         }
     }
 }
@@ -378,6 +388,12 @@ pub struct Dependency {
     /// Settings for `type: policy`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy: Option<PolicyCheck>,
+    /// Settings for `type: tls`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsCheck>,
+    /// Settings for `type: dns`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns: Option<DnsCheck>,
 }
 
 impl Dependency {
@@ -394,6 +410,8 @@ impl Dependency {
             DependencyType::Tcp => dyn_block(&self.tcp),
             DependencyType::Grpc => dyn_block(&self.grpc),
             DependencyType::Policy => dyn_block(&self.policy),
+            DependencyType::Tls => dyn_block(&self.tls),
+            DependencyType::Dns => dyn_block(&self.dns),
         }
     }
 }
@@ -546,6 +564,87 @@ pub struct PolicyCheck {
     /// Name of a HealthPolicy in the same namespace, served by the same healthgate.
     #[schemars(length(min = 1, max = 253))]
     pub name: String,
+}
+
+/// A TLS endpoint checked with a handshake: the chain must verify, the certificate must name the
+/// host, and it must not expire too soon. Nothing is sent after the handshake.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TlsCheck {
+    /// `host:port` to connect to. The host is sent as SNI (unless it is an IP address) and must
+    /// be named by the certificate (a DNS name, or an IP address in its subjectAltName).
+    #[schemars(length(min = 3))]
+    pub address: String,
+    /// CA certificates (PEM) to verify the chain against instead of the system roots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_from: Option<CaFrom>,
+    /// A certificate that expires sooner than this reports the dependency as degraded, reason
+    /// `cert_expiry`. Units d, h, m, s, ms (`14d`, `36h`). Default 14d.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = CERT_WINDOW_PATTERN), length(max = DURATION_MAX_LEN))]
+    pub degraded_before: Option<String>,
+    /// A certificate that expires sooner than this reports the dependency as down, reason
+    /// `cert_expiry`; must be less than degradedBefore. Default 0s: down once expired.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = CERT_WINDOW_PATTERN), length(max = DURATION_MAX_LEN))]
+    pub down_before: Option<String>,
+}
+
+/// Where CA certificates (PEM, one or more) come from: set exactly one field.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.file) != has(self.secretKeyRef)").message("set exactly one of file or secretKeyRef"))]
+pub struct CaFrom {
+    /// A key of a Secret in the policy's namespace that holds the PEM bundle (Kubernetes mode
+    /// only). A change to the Secret takes effect without a restart.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_key_ref: Option<SecretKeyRef>,
+    /// Path of a PEM file readable by healthgate (standalone mode only: in Kubernetes mode a
+    /// policy must not read the controller's files).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 4096))]
+    pub file: Option<String>,
+}
+
+/// A DNS name checked by looking it up. NXDOMAIN, no records of the type, a server error or no
+/// answer in time is down; with `expect`, so is any other set of answers.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DnsCheck {
+    /// The name to look up, e.g. `db.example.com`. Looked up as written: with the system
+    /// nameservers, a name without enough dots is also tried with the search domains (as the
+    /// application's own lookups are), with `nameserver` it is not.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// The record type to ask for: A (default), AAAA, SRV or CNAME.
+    #[serde(default)]
+    pub record_type: DnsRecordType,
+    /// The exact set of answers expected, in any order: IP addresses for A and AAAA, names for
+    /// CNAME, `priority weight port target` for SRV (e.g. `10 5 5432 db1.example.com`).
+    /// A missing or an extra answer is down (reason `unexpected_answer`). Unset: any answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 64))]
+    pub expect: Option<Vec<String>>,
+    /// The nameserver to ask, `IP` or `IP:port` (`[IPv6]:port`), instead of the system's
+    /// (/etc/resolv.conf). UDP, and TCP when an answer is truncated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 2, max = 64))]
+    pub nameserver: Option<String>,
+}
+
+/// A DNS record type a `dns` check can ask for.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, JsonSchema)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum DnsRecordType {
+    /// IPv4 addresses.
+    #[default]
+    A,
+    /// IPv6 addresses.
+    Aaaa,
+    /// Service records: priority, weight, port and target.
+    Srv,
+    /// The canonical name an alias points at.
+    Cname,
 }
 
 /// Observed state of a HealthPolicy, written by the controller's leader.

@@ -2,13 +2,14 @@
 //! and URLs from environment variables. The file is re-read when it changes; a broken edit is
 //! reported and the last good policy keeps running.
 
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
-use crate::api::{HealthPolicy, UrlFrom};
+use crate::api::{CaFrom, HealthPolicy, UrlFrom};
 use crate::engine::{Engine, PolicyKey};
 use crate::policy::{Policy, UrlResolver, validate};
 
@@ -39,6 +40,24 @@ impl UrlResolver for EnvUrls {
                 .into()),
             (None, None) => Err("set env or secretKeyRef".into()),
         }
+    }
+
+    fn resolve_ca(&self, from: &CaFrom) -> Result<String, String> {
+        let Some(file) = &from.file else {
+            return Err("secretKeyRef is resolved only in Kubernetes mode; \
+                 in standalone mode use file"
+                .into());
+        };
+        // A CA bundle is a few KiB; the policy file's limit is plenty and stops a wrong path
+        // (a disk image, /dev/zero) from being read whole.
+        let mut text = String::new();
+        std::fs::File::open(file)
+            .and_then(|f| f.take(MAX_POLICY_BYTES + 1).read_to_string(&mut text))
+            .map_err(|e| format!("reading {file}: {e}"))?;
+        if text.len() as u64 > MAX_POLICY_BYTES {
+            return Err(format!("{file} is larger than {MAX_POLICY_BYTES} bytes"));
+        }
+        Ok(text)
     }
 }
 

@@ -17,6 +17,10 @@ impl UrlResolver for NoEnv {
     fn resolve(&self, _: &healthgate::api::UrlFrom) -> Result<String, String> {
         Err("not used".into())
     }
+
+    fn resolve_ca(&self, _: &healthgate::api::CaFrom) -> Result<String, String> {
+        Err("not used".into())
+    }
 }
 
 fn policy(yaml: &str) -> Policy {

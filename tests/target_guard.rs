@@ -38,6 +38,18 @@ fn grpc(name: &str, address: &str) -> String {
     policy::dep(name, &format!("type: grpc, grpc: {{address: '{address}'}}"))
 }
 
+fn tls(name: &str, address: &str) -> String {
+    policy::dep(name, &format!("type: tls, tls: {{address: '{address}'}}"))
+}
+
+/// A lookup asked of `nameserver`: the nameserver is the address judged.
+fn dns(name: &str, nameserver: &str) -> String {
+    policy::dep(
+        name,
+        &format!("type: dns, dns: {{name: db.example.test, nameserver: '{nameserver}'}}"),
+    )
+}
+
 fn queue(name: &str, url: &str) -> String {
     policy::dep(
         name,
@@ -115,6 +127,8 @@ fn standalone_flags_block_metadata_denied_cidrs_and_names_without_connecting() {
             &format!("http://[::ffff:{METADATA}]:{m}/"),
         ),
         grpc("meta-grpc", &format!("{METADATA}:{m}")),
+        tls("meta-tls", &format!("{METADATA}:{m}")),
+        dns("meta-dns", &format!("{METADATA}:{m}")),
         policy::postgres(
             "meta-postgres",
             &policy::inline(&format!("postgres://app:{PASSWORD}@{METADATA}:{m}/app")),
@@ -140,13 +154,17 @@ fn standalone_flags_block_metadata_denied_cidrs_and_names_without_connecting() {
             "tenant-http",
             &format!("http://user:{PASSWORD}@{TENANT}:{}/", tenant.port()),
         ),
+        dns("tenant-dns", TENANT),
         // Names go through the resolver: judged by the addresses they resolve to.
         policy::tcp("name-tcp", &format!("localhost:{}", named.port()), true),
         http("name-http", &format!("http://localhost:{}/", named.port())),
         grpc("name-grpc", &format!("localhost:{}", named.port())),
+        tls("name-tls", &format!("localhost:{}", named.port())),
         // An allowed server redirecting to metadata: redirects are not followed.
         http("redirect", &format!("http://{LOCAL}:{}/", redirect.port())),
         policy::tcp("control-tcp", &format!("{LOCAL}:{}", control.port()), true),
+        // Reaches the listener (which speaks no TLS), so it fails, but not blocked.
+        tls("control-tls", &format!("{LOCAL}:{}", control.port())),
         http(
             "control-http",
             &format!("http://{LOCAL}:{}/", control.port()),
@@ -183,6 +201,14 @@ fn standalone_flags_block_metadata_denied_cidrs_and_names_without_connecting() {
             "169.254.169.254 is link-local (denied by default)",
         ),
         (
+            "meta-tls",
+            "169.254.169.254 is link-local (denied by default)",
+        ),
+        (
+            "meta-dns",
+            "169.254.169.254 is link-local (denied by default)",
+        ),
+        (
             "meta-postgres",
             "169.254.169.254 is link-local (denied by default)",
         ),
@@ -200,13 +226,16 @@ fn standalone_flags_block_metadata_denied_cidrs_and_names_without_connecting() {
         ),
         ("tenant-tcp", "10.1.2.3 is in --deny-cidr 10.0.0.0/8"),
         ("tenant-http", "10.1.2.3 is in --deny-cidr 10.0.0.0/8"),
+        ("tenant-dns", "10.1.2.3 is in --deny-cidr 10.0.0.0/8"),
         ("name-tcp", "127.0.0.1 is in --deny-cidr 127.0.0.1/32"),
         ("name-http", "127.0.0.1 is in --deny-cidr 127.0.0.1/32"),
         ("name-grpc", "127.0.0.1 is in --deny-cidr 127.0.0.1/32"),
+        ("name-tls", "127.0.0.1 is in --deny-cidr 127.0.0.1/32"),
     ];
     let mut expected: Vec<(&str, &str)> = blocked.iter().map(|(n, _)| (*n, "down")).collect();
     expected.extend([
         ("redirect", "down"),
+        ("control-tls", "down"),
         ("control-tcp", "ok"),
         ("control-http", "ok"),
         ("control-postgres", "ok"),
@@ -224,6 +253,10 @@ fn standalone_flags_block_metadata_denied_cidrs_and_names_without_connecting() {
     assert_eq!(body["checks"]["redirect"]["reason"], "status", "{body:#}");
     assert_eq!(
         body["checks"]["redirect"]["error"], "unexpected status 302",
+        "{body:#}"
+    );
+    assert_ne!(
+        body["checks"]["control-tls"]["reason"], "blocked",
         "{body:#}"
     );
     assert_eq!(metadata.accepted(), 0, "connections to {METADATA}");

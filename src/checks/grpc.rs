@@ -5,18 +5,17 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
 use super::guard::Blocked;
-use super::{CheckBlock, Observation, Target, UrlField};
+use super::{CheckBlock, Observation, Resolved, Target, UrlField};
 use crate::api::GrpcCheck;
 use crate::health::Reason;
 use crate::policy::validate::{Errors, check_address};
-use crate::secret::SecretUrl;
 
 impl CheckBlock for GrpcCheck {
     fn url(&self) -> Option<UrlField<'_>> {
         None
     }
 
-    fn target(&self, _url: Option<SecretUrl>, block: &str, errors: &mut Errors) -> Option<Target> {
+    fn target(&self, _resolved: Resolved, block: &str, errors: &mut Errors) -> Option<Target> {
         check_address(&self.address, &format!("{block}.address"), errors);
         Some(Target::Grpc {
             address: self.address.clone(),

@@ -4,7 +4,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use super::guard::{Blocked, TargetGuard};
-use super::{CheckBlock, Observation, Target, UrlField};
+use super::{CheckBlock, Observation, Resolved, Target, UrlField};
 use crate::api::HttpCheck;
 use crate::health::Reason;
 use crate::policy::validate::{Errors, parse_status_ranges};
@@ -39,7 +39,7 @@ impl CheckBlock for HttpCheck {
         })
     }
 
-    fn target(&self, url: Option<SecretUrl>, block: &str, errors: &mut Errors) -> Option<Target> {
+    fn target(&self, resolved: Resolved, block: &str, errors: &mut Errors) -> Option<Target> {
         let expect_status =
             match parse_status_ranges(self.expect_status.as_deref().unwrap_or("200-299")) {
                 Ok(ranges) => ranges,
@@ -49,7 +49,7 @@ impl CheckBlock for HttpCheck {
                 }
             };
         Some(Target::Http(HttpTarget {
-            url: url?,
+            url: resolved.url?,
             expect_status,
             body_contains: self.body_contains.clone(),
         }))

@@ -4,6 +4,7 @@
 //! `api.rs` holds their wire types. CONTRIBUTING.md has the recipe for adding one.
 
 mod connections;
+mod dns;
 mod grpc;
 mod guard;
 mod http;
@@ -11,17 +12,21 @@ mod policy;
 mod postgres;
 mod redis;
 mod tcp;
+mod tls;
+mod x509;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 pub use connections::Connections;
+pub use dns::DnsTarget;
 pub use guard::{Blocked, Cidr, TargetGuard};
 pub use http::HttpTarget;
 pub use policy::Upstreams;
 pub use redis::QueueTarget;
+pub use tls::{CaBundle, TlsTarget};
 
-use crate::api::{DependencyType, UrlFrom};
+use crate::api::{CaFrom, DependencyType, UrlFrom};
 use crate::health::{Outcome, Reason};
 use crate::policy::validate::Errors;
 use crate::secret::SecretUrl;
@@ -32,10 +37,25 @@ pub trait CheckBlock {
     /// validation resolves it and Secret rotation follows it without another list to update.
     fn url(&self) -> Option<UrlField<'_>>;
 
-    /// The checked, defaulted target. `url` is the resolved [`CheckBlock::url`] (`None` when the
-    /// kind has none, or when it did not resolve: that problem is already in `errors`). Problems
-    /// go to `errors` at field paths under `block`, the path of this block.
-    fn target(&self, url: Option<SecretUrl>, block: &str, errors: &mut Errors) -> Option<Target>;
+    /// Where the block's CA certificates come from, if it has any: declared here for the same
+    /// reason as [`CheckBlock::url`].
+    fn ca_from(&self) -> Option<&CaFrom> {
+        None
+    }
+
+    /// The checked, defaulted target, from what validation resolved for it. Problems go to
+    /// `errors` at field paths under `block`, the path of this block.
+    fn target(&self, resolved: Resolved, block: &str, errors: &mut Errors) -> Option<Target>;
+}
+
+/// What validation resolved for a block. Each is `None` when the kind declares none, or when it
+/// did not resolve: that problem is already in the errors.
+#[derive(Default)]
+pub struct Resolved {
+    /// The resolved [`CheckBlock::url`].
+    pub url: Option<SecretUrl>,
+    /// The parsed [`CheckBlock::ca_from`].
+    pub ca: Option<CaBundle>,
 }
 
 /// A URL field of a check block: written inline or read from `urlFrom`.
@@ -57,6 +77,8 @@ pub enum Target {
     Tcp { address: String },
     Grpc { address: String, service: String },
     Policy { name: String },
+    Tls(TlsTarget),
+    Dns(DnsTarget),
 }
 
 /// A client shared between probes, named by what opens it.
@@ -76,6 +98,8 @@ impl Target {
             Target::Tcp { .. } => DependencyType::Tcp,
             Target::Grpc { .. } => DependencyType::Grpc,
             Target::Policy { .. } => DependencyType::Policy,
+            Target::Tls(_) => DependencyType::Tls,
+            Target::Dns(_) => DependencyType::Dns,
         }
     }
 
@@ -86,6 +110,11 @@ impl Target {
             Target::RedisQueue(q) => format!("{} key={}", q.url.redacted(), q.key),
             Target::Http(h) => h.url.redacted(),
             Target::Tcp { address } => address.clone(),
+            Target::Tls(t) => match t.ca {
+                Some(_) => format!("{} ca=custom", t.address),
+                None => t.address.clone(),
+            },
+            Target::Dns(d) => d.describe(),
             Target::Grpc { address, service } => format!("{address} service={service:?}"),
             Target::Policy { name } => format!("policy {name}"),
         }
@@ -97,7 +126,11 @@ impl Target {
             Target::Postgres { url } | Target::Redis { url } => Some(SharedClient::Url(url)),
             Target::RedisQueue(q) => Some(SharedClient::Url(&q.url)),
             Target::Grpc { address, .. } => Some(SharedClient::Address(address)),
-            Target::Http(_) | Target::Tcp { .. } | Target::Policy { .. } => None,
+            Target::Http(_)
+            | Target::Tcp { .. }
+            | Target::Tls(_)
+            | Target::Dns(_)
+            | Target::Policy { .. } => None,
         }
     }
 }
@@ -112,6 +145,9 @@ pub struct Observation {
     pub error: Option<String>,
     /// Messages waiting, for queue checks; exported as `healthgate_queue_depth`.
     pub queue_depth: Option<u64>,
+    /// When the server's certificate expires (Unix seconds), for TLS checks; exported as
+    /// `healthgate_tls_cert_expiry_timestamp_seconds`.
+    pub cert_not_after: Option<i64>,
 }
 
 impl Observation {
@@ -124,6 +160,7 @@ impl Observation {
                 .map(|d| crate::secret::redact(&d).into_owned()),
             error: None,
             queue_depth: None,
+            cert_not_after: None,
         }
     }
 
@@ -135,6 +172,7 @@ impl Observation {
             // Shown on /ready, in spans, logs and status: redacted once, here.
             error: Some(crate::secret::redact(&error.into()).into_owned()),
             queue_depth: None,
+            cert_not_after: None,
         }
     }
 
@@ -162,6 +200,8 @@ pub enum Probe {
     Tcp(tcp::TcpProbe),
     Grpc(grpc::GrpcProbe),
     Policy(policy::PolicyProbe),
+    Tls(tls::TlsProbe),
+    Dns(dns::DnsProbe),
 }
 
 impl Probe {
@@ -204,6 +244,8 @@ impl Probe {
             Target::Policy { name } => {
                 Probe::Policy(policy::PolicyProbe::new(upstreams.clone(), name.clone()))
             }
+            Target::Tls(target) => Probe::Tls(tls::TlsProbe::new(target.clone(), guard)),
+            Target::Dns(target) => Probe::Dns(dns::DnsProbe::new(target.clone(), timeout, guard)),
         }
     }
 
@@ -216,6 +258,8 @@ impl Probe {
             Probe::Tcp(p) => p.run().await,
             Probe::Grpc(p) => p.run().await,
             Probe::Policy(p) => p.run().await,
+            Probe::Tls(p) => p.run().await,
+            Probe::Dns(p) => p.run().await,
         }
     }
 }

@@ -4,17 +4,16 @@
 
 use std::sync::Arc;
 
-use super::{CheckBlock, Observation, Target, UrlField};
+use super::{CheckBlock, Observation, Resolved, Target, UrlField};
 use crate::api::{DNS_LABEL_PATTERN, PolicyCheck};
 use crate::policy::validate::Errors;
-use crate::secret::SecretUrl;
 
 impl CheckBlock for PolicyCheck {
     fn url(&self) -> Option<UrlField<'_>> {
         None
     }
 
-    fn target(&self, _url: Option<SecretUrl>, block: &str, errors: &mut Errors) -> Option<Target> {
+    fn target(&self, _resolved: Resolved, block: &str, errors: &mut Errors) -> Option<Target> {
         let valid =
             !self.name.is_empty() && self.name.len() <= 253 && self.name.split('.').all(dns_label);
         if !valid {

@@ -7,7 +7,7 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgSslMode};
 
 use super::connections::{Connections, postgres_pool};
 use super::guard::{ClientSource, PreCheck, TargetGuard};
-use super::{CheckBlock, Observation, Target, UrlField};
+use super::{CheckBlock, Observation, Resolved, Target, UrlField};
 use crate::api::PostgresCheck;
 use crate::health::Reason;
 use crate::policy::validate::Errors;
@@ -25,8 +25,8 @@ impl CheckBlock for PostgresCheck {
         })
     }
 
-    fn target(&self, url: Option<SecretUrl>, _block: &str, _errors: &mut Errors) -> Option<Target> {
-        Some(Target::Postgres { url: url? })
+    fn target(&self, resolved: Resolved, _block: &str, _errors: &mut Errors) -> Option<Target> {
+        Some(Target::Postgres { url: resolved.url? })
     }
 }
 

@@ -7,7 +7,7 @@ use redis::aio::ConnectionManager;
 
 use super::connections::{Connections, redis_manager};
 use super::guard::{ClientSource, PreCheck, TargetGuard};
-use super::{CheckBlock, Observation, Target, UrlField};
+use super::{CheckBlock, Observation, Resolved, Target, UrlField};
 use crate::api::{QueueKind, RedisCheck, RedisQueueCheck};
 use crate::health::{Outcome, Reason};
 use crate::policy::validate::Errors;
@@ -35,8 +35,8 @@ impl CheckBlock for RedisCheck {
         })
     }
 
-    fn target(&self, url: Option<SecretUrl>, _block: &str, _errors: &mut Errors) -> Option<Target> {
-        Some(Target::Redis { url: url? })
+    fn target(&self, resolved: Resolved, _block: &str, _errors: &mut Errors) -> Option<Target> {
+        Some(Target::Redis { url: resolved.url? })
     }
 }
 
@@ -49,7 +49,7 @@ impl CheckBlock for RedisQueueCheck {
         })
     }
 
-    fn target(&self, url: Option<SecretUrl>, block: &str, errors: &mut Errors) -> Option<Target> {
+    fn target(&self, resolved: Resolved, block: &str, errors: &mut Errors) -> Option<Target> {
         let mut limit = |name: &str, value: Option<i64>| match value {
             Some(v) if v < 0 => {
                 errors.push(
@@ -77,7 +77,7 @@ impl CheckBlock for RedisQueueCheck {
             errors.push(format!("{block}.group"), "only valid with kind: stream");
         }
         Some(Target::RedisQueue(QueueTarget {
-            url: url?,
+            url: resolved.url?,
             key: self.key.clone(),
             kind: self.kind,
             group: self.group.clone(),
@@ -230,6 +230,7 @@ pub fn judge_depth(
         detail,
         error: None,
         queue_depth: Some(depth),
+        cert_not_after: None,
     }
 }
 

@@ -5,18 +5,17 @@ use std::sync::Arc;
 use tokio::net::TcpStream;
 
 use super::guard::{self, ResolveError, TargetGuard};
-use super::{CheckBlock, Observation, Target, UrlField};
+use super::{CheckBlock, Observation, Resolved, Target, UrlField};
 use crate::api::TcpCheck;
 use crate::health::Reason;
 use crate::policy::validate::{Errors, check_address};
-use crate::secret::SecretUrl;
 
 impl CheckBlock for TcpCheck {
     fn url(&self) -> Option<UrlField<'_>> {
         None
     }
 
-    fn target(&self, _url: Option<SecretUrl>, block: &str, errors: &mut Errors) -> Option<Target> {
+    fn target(&self, _resolved: Resolved, block: &str, errors: &mut Errors) -> Option<Target> {
         check_address(&self.address, &format!("{block}.address"), errors);
         Some(Target::Tcp {
             address: self.address.clone(),

@@ -7,7 +7,7 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;
 use kube::runtime::reflector::{ObjectRef, Store};
 
-use crate::api::{DependencyType, HealthPolicy, HealthPolicySpec, SecretKeyRef, UrlFrom};
+use crate::api::{CaFrom, DependencyType, HealthPolicy, HealthPolicySpec, SecretKeyRef, UrlFrom};
 use crate::policy::UrlResolver;
 
 /// Resolves URLs for one policy: Secrets from its own namespace, env vars from this process.
@@ -24,6 +24,17 @@ impl UrlResolver for SecretUrls<'_> {
             }
             (None, Some(reference)) => self.secret_value(reference),
             (None, None) => Err("set env or secretKeyRef".into()),
+        }
+    }
+
+    fn resolve_ca(&self, from: &CaFrom) -> Result<String, String> {
+        match &from.secret_key_ref {
+            Some(reference) => self.secret_value(reference),
+            // The controller's files (its service-account token among them) are not a policy
+            // author's to point at.
+            None => Err("file is read only in standalone mode; \
+                 in Kubernetes mode use secretKeyRef"
+                .into()),
         }
     }
 }
@@ -47,12 +58,17 @@ impl SecretUrls<'_> {
     }
 }
 
-/// Every Secret a policy reads: whatever each kind declares as its URL source.
+/// Every Secret a policy reads: whatever each kind declares as its URL or CA source.
 pub fn references(spec: &HealthPolicySpec) -> impl Iterator<Item = &SecretKeyRef> {
     spec.dependencies.iter().flat_map(|dep| {
         DependencyType::ALL
             .into_iter()
-            .filter_map(|kind| dep.block_of(kind)?.url()?.from?.secret_key_ref.as_ref())
+            .filter_map(|kind| dep.block_of(kind))
+            .flat_map(|block| {
+                let url = block.url().and_then(|u| u.from?.secret_key_ref.as_ref());
+                let ca = block.ca_from().and_then(|c| c.secret_key_ref.as_ref());
+                url.into_iter().chain(ca)
+            })
     })
 }
 
@@ -84,10 +100,12 @@ mod tests {
              - {name: b, type: redis, redis: {urlFrom: {secretKeyRef: {name: rd, key: url}}}}\n\
              - {name: c, type: redisQueue, redisQueue: {key: q, urlFrom: {secretKeyRef: {name: q, key: url}}}}\n\
              - {name: d, type: redis, redis: {urlFrom: {env: REDIS_URL}}}\n\
-             - {name: e, type: tcp, tcp: {address: 'db:5432'}}\n",
+             - {name: e, type: tcp, tcp: {address: 'db:5432'}}\n\
+             - {name: f, type: tls, tls: {address: 'db:443', caFrom: {secretKeyRef: {name: ca, key: ca.crt}}}}\n\
+             - {name: g, type: tls, tls: {address: 'db:443'}}\n",
         )
         .unwrap();
         let names: Vec<&str> = references(&spec).map(|r| r.name.as_str()).collect();
-        assert_eq!(names, ["pg", "rd", "q"]);
+        assert_eq!(names, ["pg", "rd", "q", "ca"]);
     }
 }

@@ -131,6 +131,7 @@ impl Checker {
             healthgate.check.reason = field::Empty,
             healthgate.dependency.state = field::Empty,
             healthgate.queue.depth = field::Empty,
+            healthgate.tls.cert_not_after = field::Empty,
         )
     }
 
@@ -198,6 +199,9 @@ fn record_check(span: &Span, observation: &Observation, state: State) {
             "healthgate.queue.depth",
             i64::try_from(depth).unwrap_or(i64::MAX),
         );
+    }
+    if let Some(not_after) = observation.cert_not_after {
+        span.record("healthgate.tls.cert_not_after", not_after);
     }
     if observation.outcome == Outcome::Down {
         span.record("otel.status_code", "ERROR");

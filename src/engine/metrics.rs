@@ -27,6 +27,7 @@ pub struct CheckMetrics {
     dependency_state: IntGaugeVec,
     policy_status: IntGaugeVec,
     queue_depth: IntGaugeVec,
+    cert_expiry: IntGaugeVec,
     check_last_run: IntGaugeVec,
     cascade_active: IntGaugeVec,
     maintenance_active: IntGaugeVec,
@@ -114,6 +115,11 @@ impl CheckMetrics {
                 "Messages waiting in a checked queue (list length, stream length or pending entries) when it was last read.",
                 DEPENDENCY_LABELS,
             ),
+            cert_expiry: gauge(
+                "healthgate_tls_cert_expiry_timestamp_seconds",
+                "Unix time at which the certificate a TLS check was last shown expires (notAfter), in seconds.",
+                DEPENDENCY_LABELS,
+            ),
             check_last_run: gauge(
                 "healthgate_check_last_run_timestamp_seconds",
                 "Unix time at which the dependency's last check finished, in seconds.",
@@ -164,6 +170,11 @@ impl CheckMetrics {
                 .with_label_values(&dependency)
                 .set(i64::try_from(depth).unwrap_or(i64::MAX));
         }
+        if let Some(not_after) = observation.cert_not_after {
+            self.cert_expiry
+                .with_label_values(&dependency)
+                .set(not_after);
+        }
         let [ns, policy, name] = dependency;
         for candidate in State::ALL {
             self.dependency_state
@@ -185,6 +196,7 @@ impl CheckMetrics {
         let _ = self.dependency_up.remove_label_values(&dependency);
         let _ = self.check_last_run.remove_label_values(&dependency);
         let _ = self.queue_depth.remove_label_values(&dependency);
+        let _ = self.cert_expiry.remove_label_values(&dependency);
         let _ = self.cascade_active.remove_label_values(&dependency);
         let _ = self.maintenance_active.remove_label_values(&dependency);
         for state in State::ALL {

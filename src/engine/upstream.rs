@@ -56,6 +56,7 @@ pub fn judge(key: &PolicyKey, upstream: &PolicySnapshot) -> Observation {
             )),
             error: None,
             queue_depth: None,
+            cert_not_after: None,
         },
         Overall::Down => {
             let mut message = format!("policy {key} is down: {}", causes(upstream, true));

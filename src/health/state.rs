@@ -101,10 +101,19 @@ pub enum Reason {
     Maintenance,
     /// The HealthPolicy this dependency names is down (or degraded).
     Upstream,
+    /// The TLS handshake failed: untrusted chain, a certificate that does not name the host, or
+    /// no common protocol.
+    Tls,
+    /// The certificate expires within degradedBefore (degraded) or downBefore (down).
+    CertExpiry,
+    /// The DNS lookup failed: NXDOMAIN, no records of the type, or a server error.
+    Dns,
+    /// The DNS answers differ from the expected set.
+    UnexpectedAnswer,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 14] = [
+    pub const ALL: [Reason; 18] = [
         Reason::Ok,
         Reason::Slow,
         Reason::QueueDepth,
@@ -119,6 +128,10 @@ impl Reason {
         Reason::Blocked,
         Reason::Maintenance,
         Reason::Upstream,
+        Reason::Tls,
+        Reason::CertExpiry,
+        Reason::Dns,
+        Reason::UnexpectedAnswer,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -137,6 +150,10 @@ impl Reason {
             Reason::Blocked => "blocked",
             Reason::Maintenance => "maintenance",
             Reason::Upstream => "upstream",
+            Reason::Tls => "tls",
+            Reason::CertExpiry => "cert_expiry",
+            Reason::Dns => "dns",
+            Reason::UnexpectedAnswer => "unexpected_answer",
         }
     }
 }

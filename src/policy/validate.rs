@@ -12,10 +12,10 @@ use super::{
     Schedule, StatusCodes, duration,
 };
 use crate::api::{
-    CheckDefaults, Dependency, DependencyType, FailureWindow, HealthPolicySpec, MAX_DEPENDENCIES,
-    SuccessWindow, UrlFrom,
+    CaFrom, CheckDefaults, Dependency, DependencyType, FailureWindow, HealthPolicySpec,
+    MAX_DEPENDENCIES, SuccessWindow, UrlFrom,
 };
-use crate::checks::UrlField;
+use crate::checks::{CaBundle, Resolved, UrlField};
 use crate::health::Window;
 use crate::secret::SecretUrl;
 
@@ -48,6 +48,9 @@ impl fmt::Display for FieldError {
 /// Turns `urlFrom` into a URL: environment variables in standalone mode, Secrets in Kubernetes.
 pub trait UrlResolver {
     fn resolve(&self, from: &UrlFrom) -> Result<String, String>;
+
+    /// The PEM text `caFrom` points at: a file in standalone mode, a Secret in Kubernetes.
+    fn resolve_ca(&self, from: &CaFrom) -> Result<String, String>;
 }
 
 /// The problems found so far; every rule adds to it and validation goes on.
@@ -510,7 +513,10 @@ fn dependency(
         let url = block
             .url()
             .and_then(|field| url(field, &block_path, urls, errors));
-        block.target(url, &block_path, errors)
+        let ca = block
+            .ca_from()
+            .and_then(|from| ca_bundle(from, &block_path, urls, errors));
+        block.target(Resolved { url, ca }, &block_path, errors)
     });
     if errors.0.len() > before {
         return None;
@@ -588,6 +594,29 @@ fn url(
             None
         }
     }
+}
+
+fn ca_bundle(
+    from: &CaFrom,
+    block: &str,
+    urls: &dyn UrlResolver,
+    errors: &mut Errors,
+) -> Option<CaBundle> {
+    let path = match (&from.secret_key_ref, &from.file) {
+        (Some(_), None) => format!("{block}.caFrom.secretKeyRef"),
+        (None, Some(_)) => format!("{block}.caFrom.file"),
+        _ => {
+            errors.push(
+                format!("{block}.caFrom"),
+                "set exactly one of file or secretKeyRef",
+            );
+            return None;
+        }
+    };
+    let parsed = urls
+        .resolve_ca(from)
+        .and_then(|pem| CaBundle::from_pem(&pem));
+    parsed.map_err(|e| errors.push(path, e)).ok()
 }
 
 /// `host:port` with a port in 1-65535, for kinds that take an address.

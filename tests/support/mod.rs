@@ -1,12 +1,14 @@
 //! Shared helpers for the integration tests; each test binary includes this with `mod support;`.
 
 pub mod apiserver;
+pub mod dns;
 pub mod healthgate;
 pub mod kube_env;
 pub mod netns;
 pub mod node;
 pub mod policy;
 pub mod services;
+pub mod tls;
 pub mod tools;
 
 /// Runs `cmd` to completion, feeding it `stdin` (or nothing), and captures stdout and stderr.

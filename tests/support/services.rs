@@ -28,7 +28,7 @@ pub fn free_port() -> u16 {
 }
 
 /// Installs the Debian packages once per test binary when a server binary is missing.
-fn ensure_installed() {
+pub fn ensure_installed() {
     static INSTALLED: OnceLock<()> = OnceLock::new();
     INSTALLED.get_or_init(|| {
         let status = Command::new(format!("{REPO}/scripts/install-deps.sh"))
@@ -91,7 +91,7 @@ fn children_of(parent: u32) -> Vec<u32> {
         .collect()
 }
 
-fn wait_for_port(port: u16, timeout: Duration) {
+pub fn wait_for_port(port: u16, timeout: Duration) {
     let deadline = Instant::now() + timeout;
     while TcpStream::connect(("127.0.0.1", port)).is_err() {
         assert!(

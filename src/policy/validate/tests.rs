@@ -15,6 +15,15 @@ impl UrlResolver for Env {
             .map(|(_, v)| v.to_string())
             .ok_or_else(|| format!("environment variable {name} is not set"))
     }
+
+    /// Files named in these tests: `garbage.pem` holds no certificate, others do not exist.
+    fn resolve_ca(&self, from: &CaFrom) -> Result<String, String> {
+        match from.file.as_deref() {
+            Some("garbage.pem") => Ok("not a certificate".into()),
+            Some(other) => Err(format!("reading {other}: No such file or directory")),
+            None => Err("secretKeyRef is not available here".into()),
+        }
+    }
 }
 
 const ENV: Env = Env(&[("REDIS_URL", "redis://:hunter22@127.0.0.1:6379/0")]);
@@ -50,12 +59,14 @@ dependencies:
   - {name: search, type: http, critical: false, http: {url: "http://127.0.0.1:9200/_health", expectStatus: "200-299"}}
   - {name: smtp, type: tcp, tcp: {address: "127.0.0.1:25"}}
   - {name: billing, type: grpc, grpc: {address: "127.0.0.1:50051", service: ""}}
+  - {name: api-cert, type: tls, critical: false, tls: {address: "api.example.com:443", degradedBefore: 14d, downBefore: 0s}}
+  - {name: db-name, type: dns, critical: false, dns: {name: db.example.com, recordType: A, expect: ["10.0.0.5"], nameserver: "10.0.0.10:53"}}
 "#;
 
 #[test]
 fn the_documented_example_is_valid_and_defaulted() {
     let policy = validate(&spec(FULL), &ENV).expect("valid");
-    assert_eq!(policy.dependencies.len(), 6);
+    assert_eq!(policy.dependencies.len(), 8);
     let pg = &policy.dependencies[0];
     assert_eq!(pg.schedule.interval, Duration::from_secs(2));
     assert_eq!(pg.schedule.timeout, Duration::from_secs(1));
@@ -233,6 +244,45 @@ fn every_problem_is_reported_with_its_field_path() {
             &[
                 "spec.dependencies[0].degradedLatency: degradedLatency 2s must be less than the timeout 1s",
             ],
+        ),
+        (
+            "dependencies: [{name: a, type: tls, tls: {address: 'h:443', degradedBefore: 2w, downBefore: 30d}}]",
+            &[
+                "spec.dependencies[0].tls.degradedBefore: \"2w\": missing or unknown unit, expected a duration such as 250ms, 5s or 1m30s, or whole days such as 14d",
+                "spec.dependencies[0].tls.downBefore: downBefore 30d must be less than degradedBefore 14d",
+            ],
+        ),
+        (
+            "dependencies: [{name: a, type: tls, tls: {address: 'h:443', degradedBefore: 0s}}]",
+            &[
+                "spec.dependencies[0].tls.degradedBefore: downBefore 0s must be less than degradedBefore 0s",
+            ],
+        ),
+        (
+            "dependencies: [{name: a, type: tls, tls: {address: 'bad host!:443', caFrom: {file: garbage.pem}}}]",
+            &[
+                "spec.dependencies[0].tls.caFrom.file: no PEM CERTIFICATE block found",
+                "spec.dependencies[0].tls.address: host \"bad host!\" is not a DNS name or an IP address",
+            ],
+        ),
+        (
+            "dependencies: [{name: a, type: tls, tls: {address: 'h:443', caFrom: {file: /nope.pem}}}, {name: b, type: tls, tls: {address: 'h:443', caFrom: {}}}]",
+            &[
+                "spec.dependencies[0].tls.caFrom.file: reading /nope.pem: No such file",
+                "spec.dependencies[1].tls.caFrom: set exactly one of file or secretKeyRef",
+            ],
+        ),
+        (
+            "dependencies: [{name: a, type: dns, dns: {name: 'bad name', recordType: SRV, expect: ['10 5 5432 db', 'db'], nameserver: ns1.example.test}}]",
+            &[
+                "spec.dependencies[0].dns.name: \"bad name\" is not a DNS name",
+                "spec.dependencies[0].dns.expect[1]: \"db\" is not \"priority weight port target\"",
+                "spec.dependencies[0].dns.nameserver: \"ns1.example.test\" is not an IP address or IP:port",
+            ],
+        ),
+        (
+            "dependencies: [{name: a, type: dns, dns: {name: db.example.test, recordType: AAAA, expect: [10.0.0.1]}}]",
+            &["spec.dependencies[0].dns.expect[0]: \"10.0.0.1\" is not an IPv6 address"],
         ),
         (
             "dependencies: [{name: a, type: tcp, tcp: {address: 'nohost'}}]",
