@@ -55,8 +55,10 @@ fn a_failing_dependency_degrades_inside_a_window_and_downs_when_it_closes() {
     );
     // `legacy` never answers, but a recurring window (every minute, open an hour) covers it:
     // degraded, so the service is too (207), where it would be down (503) without the window.
-    hg.wait_until("legacy held by its window", SETTLE, |hg| {
-        hg.get("/ready").json()["checks"]["legacy"]["reason"] == "maintenance"
+    hg.wait_until("legacy held by its window, cache checked", SETTLE, |hg| {
+        let body = hg.get("/ready").json();
+        body["checks"]["legacy"]["reason"] == "maintenance"
+            && body["checks"]["cache"]["status"] == "ok"
     });
     let ready = hg.get("/ready");
     assert_eq!(ready.status, 207, "{}", ready.body);
