@@ -65,6 +65,13 @@ pub fn crd_yaml() -> String {
     ),
     printcolumn(name = "Dependencies", type_ = "string", json_path = ".status.summary"),
     printcolumn(
+        name = "Maintenance",
+        type_ = "string",
+        json_path = r#".status.conditions[?(@.type=="Maintenance")].status"#,
+        description = "True while a maintenance window is open (kubectl get hp -o wide).",
+        priority = 1
+    ),
+    printcolumn(
         name = "Age",
         type_ = "date",
         json_path = ".metadata.creationTimestamp"

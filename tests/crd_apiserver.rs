@@ -173,6 +173,7 @@ async fn crd_is_established_structural_and_has_printer_columns() {
             ("Ready", "string"),
             ("Degraded", "string"),
             ("Dependencies", "string"),
+            ("Maintenance", "string"),
             ("Age", "date")
         ]
     );

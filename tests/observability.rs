@@ -39,7 +39,18 @@ fn policy() -> String {
                 "jobs",
                 "type: redisQueue, redisQueue: {urlFrom: {env: REDIS_URL}, key: jobs, degradedAbove: 5, downAbove: 10}",
             )
-            + &policy::tcp("nothing-listens", "127.0.0.1:1", true)),
+            + &policy::tcp("nothing-listens", "127.0.0.1:1", true)
+            // Another policy this one depends on; standalone serves one policy, so it is down
+            // (config) and the dashboard's upstream panel has a series.
+            + &policy::dep(
+                "payments",
+                "type: policy, critical: false, policy: {name: payments}",
+            )),
+    )
+    // A window long past: the maintenance gauge has its series, at 0.
+    .replace(
+        "  dependencies:\n",
+        "  maintenance: [{start: '2020-01-01T00:00:00Z', end: '2020-01-01T01:00:00Z'}]\n  dependencies:\n",
     )
 }
 

@@ -75,6 +75,9 @@ impl Checker {
     pub async fn run(self, cancel: CancellationToken) {
         let mut labels =
             CheckLabels::new(&self.key, &self.spec.name, self.spec.target.kind().as_str());
+        if let crate::checks::Target::Policy { name } = &self.spec.target {
+            self.metrics.set_upstream(&mut labels, name);
+        }
         info!(policy = %self.key, dependency = %self.spec.name, endpoint = %self.spec.target.describe(), "checker started");
         let schedule = &self.spec.schedule;
         let mut hysteresis = Hysteresis::new(schedule.failing, schedule.recovering);

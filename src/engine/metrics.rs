@@ -31,6 +31,7 @@ pub struct CheckMetrics {
     check_last_run: IntGaugeVec,
     cascade_active: IntGaugeVec,
     maintenance_active: IntGaugeVec,
+    upstream: IntGaugeVec,
 }
 
 /// The label values of one checker, fixed for its life.
@@ -41,6 +42,8 @@ pub struct CheckLabels {
     kind: &'static str,
     /// `(result, reason)` pairs written so far, so [`CheckMetrics::remove`] finds them all.
     results: Vec<(&'static str, &'static str)>,
+    /// The policy a `type: policy` dependency names.
+    upstream: Option<String>,
 }
 
 impl CheckLabels {
@@ -51,6 +54,7 @@ impl CheckLabels {
             name: name.to_string(),
             kind,
             results: Vec::new(),
+            upstream: None,
         }
     }
 
@@ -130,6 +134,11 @@ impl CheckMetrics {
                 "1 while cascade protection holds this critical dependency (down on enough replicas, counted as non-critical), else 0. Only for policies with cascadeProtection enabled.",
                 DEPENDENCY_LABELS,
             ),
+            upstream: gauge(
+                "healthgate_dependency_upstream",
+                "1 for a type: policy dependency, naming the policy it depends on (label upstream), so alerts can tell a dependency down because of its upstream.",
+                &["namespace", "policy", "name", "upstream"],
+            ),
             maintenance_active: gauge(
                 "healthgate_maintenance_active",
                 "1 while a maintenance window covering this dependency is open (a failure then degrades instead of downing), else 0. Only for policies with maintenance windows.",
@@ -199,6 +208,12 @@ impl CheckMetrics {
         let _ = self.cert_expiry.remove_label_values(&dependency);
         let _ = self.cascade_active.remove_label_values(&dependency);
         let _ = self.maintenance_active.remove_label_values(&dependency);
+        if let Some(upstream) = &labels.upstream {
+            let [ns, policy, name] = dependency;
+            let _ = self
+                .upstream
+                .remove_label_values(&[ns, policy, name, upstream]);
+        }
         for state in State::ALL {
             let _ = self
                 .dependency_state
@@ -219,6 +234,15 @@ impl CheckMetrics {
         self.cascade_active
             .with_label_values(&[&key.namespace, &key.name, dependency])
             .set(i64::from(active));
+    }
+
+    /// Marks a `type: policy` dependency for the life of its checker.
+    pub fn set_upstream(&self, labels: &mut CheckLabels, upstream: &str) {
+        labels.upstream = Some(upstream.to_string());
+        let [ns, policy, name] = labels.dependency();
+        self.upstream
+            .with_label_values(&[ns, policy, name, upstream])
+            .set(1);
     }
 
     /// Written on each scrape from the snapshot; removed with the checker's other series.
