@@ -16,10 +16,9 @@ use tracing::{error, info, warn};
 
 use crate::checks::TargetGuard;
 use crate::cli::{CheckArgs, GuardArgs, ServeArgs};
-use crate::engine::{Engine, PolicyKey, Report};
+use crate::engine::{Engine, Report};
 use crate::health::Overall;
 use crate::metrics::Metrics;
-use crate::policy::Policy;
 use crate::secret::SecretUrl;
 use crate::server::exposure::Details;
 use crate::server::users::Users;
@@ -54,7 +53,7 @@ pub async fn serve(args: ServeArgs) -> ExitCode {
     } = args;
     let source = match policy {
         Some(path) => match standalone::load(&path) {
-            Ok((key, policy)) => Source::File { path, key, policy },
+            Ok(policies) => Source::File { path, policies },
             Err(e) => {
                 eprintln!("{e}");
                 error!(path = %e.path.display(), problems = ?e.problems, "invalid policy file");
@@ -64,7 +63,7 @@ pub async fn serve(args: ServeArgs) -> ExitCode {
         None => match controller::connect(*kube).await {
             Ok((client, settings, api_server)) => Source::Kubernetes {
                 client,
-                settings,
+                settings: Box::new(settings),
                 api_server,
             },
             Err(e) => {
@@ -135,12 +134,15 @@ pub async fn serve(args: ServeArgs) -> ExitCode {
 
     // The policy source: a file, or the Kubernetes controller. Either way `background` stops it.
     let (watcher, synced) = match source {
-        Source::File { path, key, policy } => {
-            engine.apply(&key, policy);
+        Source::File { path, policies } => {
+            let keys = policies.iter().map(|(key, _)| key.clone()).collect();
+            for (key, policy) in policies {
+                engine.apply(&key, policy);
+            }
             let watcher = tokio::spawn(standalone::watch(
                 path,
                 engine.clone(),
-                key,
+                keys,
                 background.clone(),
             ));
             (watcher, first_sync::Synced::open())
@@ -153,7 +155,7 @@ pub async fn serve(args: ServeArgs) -> ExitCode {
                 client,
                 engine.clone(),
                 metrics.controller.clone(),
-                settings,
+                *settings,
                 opener,
                 background.clone(),
             ));
@@ -259,12 +261,11 @@ fn exposure(
 enum Source {
     File {
         path: PathBuf,
-        key: PolicyKey,
-        policy: Policy,
+        policies: standalone::PolicySet,
     },
     Kubernetes {
         client: kube::Client,
-        settings: controller::Settings,
+        settings: Box<controller::Settings>,
         api_server: Vec<SocketAddr>,
     },
 }
@@ -339,7 +340,7 @@ pub async fn check(args: CheckArgs) -> ExitCode {
         wait,
         guard,
     } = args;
-    let (key, policy) = match standalone::load(&policy) {
+    let policies = match standalone::load(&policy) {
         Ok(loaded) => loaded,
         Err(e) => {
             eprintln!("{e}");
@@ -347,31 +348,35 @@ pub async fn check(args: CheckArgs) -> ExitCode {
         }
     };
     // Every checker gets one full attempt before the first verdict.
-    let first_round = policy
-        .dependencies
+    let first_round = policies
         .iter()
+        .flat_map(|(_, p)| &p.dependencies)
         .map(|d| d.schedule.timeout)
         .max()
         .unwrap_or_default()
         + Duration::from_millis(100);
     let engine = Engine::with_guard(Metrics::new().checks, standalone_guard(guard));
-    engine.apply(&key, policy);
+    for (key, policy) in policies {
+        engine.apply(&key, policy);
+    }
     let started = Instant::now();
     let deadline = started + wait.unwrap_or_default().max(first_round);
-    let snapshot = loop {
-        let snapshot = engine.snapshot(&key).expect("the policy was just applied");
-        let settled = snapshot.all_checked() && (wait.is_none() || snapshot.overall == Overall::Ok);
+    let report = loop {
+        let snapshots = engine.snapshot_all();
+        let report = Report::render_all(&snapshots);
+        let settled = snapshots.iter().all(|(_, s)| s.all_checked())
+            && (wait.is_none() || report.overall == Overall::Ok);
         if settled || Instant::now() >= deadline {
-            break snapshot;
+            break report;
         }
         tokio::time::sleep(WAIT_POLL).await;
     };
     engine.shutdown().await;
     println!(
         "{}",
-        serde_json::to_string_pretty(&Report::render(&snapshot)).expect("a report serialises")
+        serde_json::to_string_pretty(&report).expect("a report serialises")
     );
-    ExitCode::from(match snapshot.overall {
+    ExitCode::from(match report.overall {
         Overall::Ok => EXIT_OK,
         Overall::Degraded => EXIT_DEGRADED,
         Overall::Down => EXIT_DOWN_OR_INVALID,

@@ -1,6 +1,7 @@
-//! Standalone mode: the policy comes from a YAML file (the same document `kubectl apply` takes)
-//! and URLs from environment variables. The file is re-read when it changes; a broken edit is
-//! reported and the last good policy keeps running.
+//! Standalone mode: policies come from a YAML file (the same documents `kubectl apply` takes, one
+//! or several separated by `---`) or a directory of such files, and URLs from environment
+//! variables. They are re-read as one set when anything changes; a broken edit is reported and
+//! the last good set keeps running.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -25,6 +26,13 @@ const MAX_YAML_ALIASES: usize = 100;
 const MAX_YAML_DEPTH: usize = 32;
 const MAX_YAML_NODES: usize = 5_000;
 const MAX_YAML_EVENTS: usize = 10_000;
+/// Policies in one file; a file of more is not hand-written, and a directory scales further.
+const MAX_DOCUMENTS: usize = 100;
+/// Files in a policy directory: with [`MAX_POLICY_BYTES`] each, what one reload may read.
+const MAX_FILES: usize = 2_000;
+
+/// Policies as loaded, in file order.
+pub type PolicySet = Vec<(PolicyKey, Policy)>;
 
 /// Resolves `urlFrom.env` from the process environment; Secrets need Kubernetes mode.
 pub struct EnvUrls;
@@ -80,22 +88,107 @@ impl std::fmt::Display for PolicyFileError {
 
 impl std::error::Error for PolicyFileError {}
 
-pub fn load(path: &Path) -> Result<(PolicyKey, Policy), PolicyFileError> {
-    let bytes = read_limited(path).map_err(|problem| PolicyFileError {
-        path: path.to_path_buf(),
-        problems: vec![problem],
-    })?;
-    load_bytes(&bytes, path)
-}
-
-fn load_bytes(bytes: &[u8], path: &Path) -> Result<(PolicyKey, Policy), PolicyFileError> {
+/// Every policy under `path`: a file of one or more documents, or a directory of `*.yaml` and
+/// `*.yml` files (not recursive; names starting with `.` are skipped, as are ConfigMap volumes'
+/// `..data` links). Problems anywhere fail the whole set, each named with its file in a directory.
+pub fn load(path: &Path) -> Result<PolicySet, PolicyFileError> {
     let fail = |problems: Vec<String>| PolicyFileError {
         path: path.to_path_buf(),
         problems,
     };
-    let text = std::str::from_utf8(bytes)
-        .map_err(|e| fail(vec![format!("cannot read: not UTF-8: {e}")]))?;
-    parse(text, path).map_err(fail)
+    let files = policy_files(path).map_err(|problem| fail(vec![problem]))?;
+    let in_directory = path.is_dir();
+    let mut policies: Vec<(PolicyKey, Policy, String)> = Vec::new();
+    let mut problems = Vec::new();
+    for file in &files {
+        let label = file
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let prefix = |p: String| {
+            if in_directory {
+                format!("{label}: {p}")
+            } else {
+                p
+            }
+        };
+        let loaded = read_limited(file).and_then(|bytes| {
+            String::from_utf8(bytes).map_err(|e| format!("cannot read: not UTF-8: {e}"))
+        });
+        match loaded {
+            Err(problem) => problems.push(prefix(problem)),
+            Ok(text) => match parse_all(&text, file) {
+                Ok(found) => policies.extend(found.into_iter().map(|(k, p)| (k, p, label.clone()))),
+                Err(found) => problems.extend(found.into_iter().map(prefix)),
+            },
+        }
+    }
+    problems.extend(set_problems(&policies, in_directory));
+    if problems.is_empty() {
+        Ok(policies.into_iter().map(|(k, p, _)| (k, p)).collect())
+    } else {
+        Err(fail(problems))
+    }
+}
+
+/// The files a policy path stands for, sorted.
+fn policy_files(path: &Path) -> Result<Vec<PathBuf>, String> {
+    if !path.is_dir() {
+        return Ok(vec![path.to_path_buf()]);
+    }
+    let mut files: Vec<PathBuf> = std::fs::read_dir(path)
+        .map_err(|e| format!("cannot read the directory: {e}"))?
+        .filter_map(|entry| entry.ok().map(|e| e.path()))
+        .filter(|p| {
+            let name = p
+                .file_name()
+                .map(|n| n.to_string_lossy())
+                .unwrap_or_default();
+            !name.starts_with('.')
+                && (name.ends_with(".yaml") || name.ends_with(".yml"))
+                && p.is_file()
+        })
+        .collect();
+    if files.is_empty() {
+        return Err("no *.yaml or *.yml policy files in the directory".into());
+    }
+    if files.len() > MAX_FILES {
+        return Err(format!(
+            "{} policy files, at most {MAX_FILES} are read",
+            files.len()
+        ));
+    }
+    files.sort();
+    Ok(files)
+}
+
+/// What only the whole set can break: two documents naming the same policy, and cycles of
+/// `type: policy` dependencies.
+fn set_problems(policies: &[(PolicyKey, Policy, String)], in_directory: bool) -> Vec<String> {
+    let mut problems = Vec::new();
+    let mut first: std::collections::BTreeMap<&PolicyKey, &str> = Default::default();
+    for (key, _, file) in policies {
+        if let Some(earlier) = first.insert(key, file) {
+            first.insert(key, earlier);
+            problems.push(if in_directory {
+                format!("{file}: policy {key} is already defined in {earlier}")
+            } else {
+                format!("policy {key} is defined twice")
+            });
+        }
+    }
+    let by_key: std::collections::BTreeMap<&PolicyKey, &Policy> =
+        policies.iter().map(|(k, p, _)| (k, p)).collect();
+    for (key, policy, file) in policies {
+        if let Some(error) = crate::engine::cycle_error(key, policy, |k| by_key.get(k).copied()) {
+            problems.push(if in_directory {
+                format!("{file}: {error}")
+            } else {
+                error.to_string()
+            });
+        }
+    }
+    problems
 }
 
 /// Reads the file unless it is over [`MAX_POLICY_BYTES`]; the size is checked before reading
@@ -153,19 +246,61 @@ fn too_large(size: u64) -> String {
 }
 
 /// Parses and validates a policy document; `path` names the policy when metadata.name is absent.
+/// The one policy in `text` (tests and callers that take exactly one).
 pub fn parse(text: &str, path: &Path) -> Result<(PolicyKey, Policy), Vec<String>> {
+    let mut all = parse_all(text, path)?;
+    match all.len() {
+        1 => Ok(all.remove(0)),
+        n => Err(vec![format!("{n} policies where one was expected")]),
+    }
+}
+
+/// Every policy in one file: one YAML document, or several separated by `---`. The parser's
+/// node budget is ten policies' worth for the whole file (a real policy is a few hundred
+/// nodes), so an alias bomb still stops within a few thousand expansions' time.
+pub fn parse_all(text: &str, path: &Path) -> Result<PolicySet, Vec<String>> {
     let options = serde_saphyr::options! {
         budget: serde_saphyr::budget! {
             max_aliases: MAX_YAML_ALIASES,
             max_depth: MAX_YAML_DEPTH,
-            max_nodes: MAX_YAML_NODES,
-            max_events: MAX_YAML_EVENTS,
+            max_nodes: MAX_YAML_NODES * 10,
+            max_events: MAX_YAML_EVENTS * 10,
             max_recorded_anchor_events: MAX_YAML_EVENTS,
-            max_documents: 1,
+            max_documents: MAX_DOCUMENTS,
         },
     };
-    let document: serde_json::Value =
-        serde_saphyr::from_str_with_options(text, options).map_err(|e| vec![yaml_error(&e)])?;
+    let documents: Vec<serde_json::Value> = serde_saphyr::from_multiple_with_options(text, options)
+        .map_err(|e| vec![yaml_error(&e)])?;
+    let documents: Vec<serde_json::Value> =
+        documents.into_iter().filter(|d| !d.is_null()).collect();
+    if documents.is_empty() {
+        return Err(vec!["no policy: the file has no YAML document".into()]);
+    }
+    let several = documents.len() > 1;
+    let mut policies = Vec::new();
+    let mut problems = Vec::new();
+    for (index, document) in documents.into_iter().enumerate() {
+        match parse_document(document, path) {
+            Ok(policy) => policies.push(policy),
+            Err(found) if several => problems.extend(
+                found
+                    .into_iter()
+                    .map(|p| format!("document {}: {p}", index + 1)),
+            ),
+            Err(found) => problems.extend(found),
+        }
+    }
+    if problems.is_empty() {
+        Ok(policies)
+    } else {
+        Err(problems)
+    }
+}
+
+fn parse_document(
+    document: serde_json::Value,
+    path: &Path,
+) -> Result<(PolicyKey, Policy), Vec<String>> {
     let mut problems = Vec::new();
     let api_version = document.get("apiVersion").and_then(|v| v.as_str());
     if api_version != Some(API_VERSION) {
@@ -219,10 +354,6 @@ pub fn parse(text: &str, path: &Path) -> Result<(PolicyKey, Policy), Vec<String>
         resource.metadata.namespace.clone().unwrap_or_default(),
         name,
     );
-    // One policy per process: the only cycle it can close is with itself.
-    if let Some(error) = crate::engine::cycle_error(&key, &policy, |_| None) {
-        return Err(vec![error.to_string()]);
-    }
     Ok((key, policy))
 }
 
@@ -242,13 +373,34 @@ fn field_path(path: &serde_ignored::Path) -> String {
     }
 }
 
-/// What the last poll saw, so an unchanged file is neither parsed nor reported twice.
-#[derive(PartialEq)]
-enum Seen {
-    Content(Vec<u8>),
-    /// Rejected unread for its size; its length and mtime stand in for the content.
-    TooLarge(u64, Option<std::time::SystemTime>),
-    Unreadable,
+/// What a poll looks at: each policy file's size, modification time and inode (a ConfigMap
+/// volume swaps a symlink, which changes the inode). Reading every file each second would cost
+/// a directory of many policies more than it is worth.
+#[derive(Clone, Debug, PartialEq)]
+struct Stamp {
+    len: u64,
+    modified: Option<std::time::SystemTime>,
+    inode: u64,
+}
+
+/// What the last poll saw, so an unchanged set is neither parsed nor reported twice: the files'
+/// stamps, or why they could not be listed.
+type Seen = Option<Result<Vec<(PathBuf, Stamp)>, String>>;
+
+fn stamps(path: &Path) -> Result<Vec<(PathBuf, Stamp)>, String> {
+    use std::os::unix::fs::MetadataExt;
+    policy_files(path)?
+        .into_iter()
+        .map(|file| {
+            let metadata = std::fs::metadata(&file).map_err(|e| format!("cannot read: {e}"))?;
+            let stamp = Stamp {
+                len: metadata.len(),
+                modified: metadata.modified().ok(),
+                inode: metadata.ino(),
+            };
+            Ok((file, stamp))
+        })
+        .collect()
 }
 
 /// One poll, run on a blocking thread: reading and parsing a large or hostile file must not
@@ -256,51 +408,29 @@ enum Seen {
 enum Poll {
     Unchanged,
     Unreadable(String),
-    Changed(Result<(PolicyKey, Policy), PolicyFileError>),
+    Changed(Result<PolicySet, PolicyFileError>),
 }
 
 fn poll(path: &Path, last: &mut Seen) -> Poll {
-    let metadata = match std::fs::metadata(path) {
-        Ok(metadata) => metadata,
-        Err(e) => return unreadable(last, e.to_string()),
-    };
-    if metadata.len() > MAX_POLICY_BYTES {
-        let seen = Seen::TooLarge(metadata.len(), metadata.modified().ok());
-        if *last == seen {
-            return Poll::Unchanged;
-        }
-        *last = seen;
-        return Poll::Changed(Err(PolicyFileError {
-            path: path.to_path_buf(),
-            problems: vec![too_large(metadata.len())],
-        }));
-    }
-    let bytes = match read_limited(path) {
-        Ok(bytes) => bytes,
-        Err(problem) => return unreadable(last, problem),
-    };
-    if matches!(last, Seen::Content(previous) if *previous == bytes) {
+    let now = stamps(path);
+    if last.as_ref() == Some(&now) {
         return Poll::Unchanged;
     }
-    let result = load_bytes(&bytes, path);
-    *last = Seen::Content(bytes);
-    Poll::Changed(result)
-}
-
-fn unreadable(last: &mut Seen, error: String) -> Poll {
-    if *last == Seen::Unreadable {
-        return Poll::Unchanged;
+    *last = Some(now.clone());
+    match now {
+        Err(e) => Poll::Unreadable(e),
+        Ok(_) => Poll::Changed(load(path)),
     }
-    *last = Seen::Unreadable;
-    Poll::Unreadable(error)
 }
 
-/// Re-applies the file whenever its content changes, until cancelled.
-pub async fn watch(path: PathBuf, engine: Engine, mut key: PolicyKey, cancel: CancellationToken) {
-    let mut last = match read_limited(&path) {
-        Ok(bytes) => Seen::Content(bytes),
-        Err(_) => Seen::Unreadable,
-    };
+/// Re-applies the set whenever a file changes, appears or goes, until cancelled.
+pub async fn watch(
+    path: PathBuf,
+    engine: Engine,
+    mut keys: Vec<PolicyKey>,
+    cancel: CancellationToken,
+) {
+    let mut last: Seen = Some(stamps(&path));
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return,
@@ -322,7 +452,7 @@ pub async fn watch(path: PathBuf, engine: Engine, mut key: PolicyKey, cancel: Ca
             Err(e) => {
                 // `last` moved into the task that failed; re-reading everything next time is safe.
                 error!(path = %path.display(), error = %e, "policy reload failed");
-                last = Seen::Unreadable;
+                last = None;
                 continue;
             }
         };
@@ -331,13 +461,17 @@ pub async fn watch(path: PathBuf, engine: Engine, mut key: PolicyKey, cancel: Ca
             Poll::Unreadable(e) => {
                 error!(path = %path.display(), error = %e, "policy file unreadable; keeping the last good policy");
             }
-            Poll::Changed(Ok((new_key, policy))) => {
-                if new_key != key {
-                    engine.remove(&key);
-                    key = new_key;
+            Poll::Changed(Ok(policies)) => {
+                let new_keys: Vec<PolicyKey> = policies.iter().map(|(k, _)| k.clone()).collect();
+                for gone in keys.iter().filter(|k| !new_keys.contains(k)) {
+                    engine.remove(gone);
+                    info!(path = %path.display(), policy = %gone, "policy removed");
                 }
-                let changes = engine.apply(&key, policy);
-                info!(path = %path.display(), policy = %key, started = ?changes.started, restarted = ?changes.restarted, stopped = ?changes.stopped, "policy file reloaded");
+                for (key, policy) in policies {
+                    let changes = engine.apply(&key, policy);
+                    info!(path = %path.display(), policy = %key, started = ?changes.started, restarted = ?changes.restarted, stopped = ?changes.stopped, "policy file reloaded");
+                }
+                keys = new_keys;
             }
             Poll::Changed(Err(e)) => {
                 error!(path = %path.display(), problems = ?e.problems, "policy file invalid; keeping the last good policy");
@@ -404,7 +538,7 @@ mod tests {
             )]
         );
         // The reload poll reports it once, then leaves the unchanged file alone.
-        let mut last = Seen::Unreadable;
+        let mut last: Seen = None;
         assert!(matches!(poll(&path, &mut last), Poll::Changed(Err(_))));
         assert!(matches!(poll(&path, &mut last), Poll::Unchanged));
         std::fs::write(&path, POLICY).unwrap();

@@ -6,6 +6,6 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(text) = std::str::from_utf8(data) {
-        let _ = healthgate::standalone::parse(text, std::path::Path::new("fuzz.yaml"));
+        let _ = healthgate::standalone::parse_all(text, std::path::Path::new("fuzz.yaml"));
     }
 });

@@ -85,6 +85,18 @@ impl Healthgate {
         Self::launch_with(cmd, dir, env, args, launch.stderr_unread)
     }
 
+    /// Starts `healthgate serve --policy PATH` for a path the test prepared itself (a directory
+    /// of policy files, a multi-document file).
+    pub fn start_path(path: &std::path::Path, env: &[(&str, &str)], args: &[&str]) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("healthgate-run-")
+            .tempdir()
+            .unwrap();
+        let mut cmd = Command::new(bin());
+        cmd.arg("serve").arg("--policy").arg(path);
+        Self::launch(cmd, dir, env, args)
+    }
+
     /// Starts `healthgate serve` in Kubernetes mode (no policy file) with `kubeconfig` as its
     /// KUBECONFIG, e.g. a ServiceAccount's from the apiserver harness.
     pub fn start_kube(kubeconfig: &std::path::Path, env: &[(&str, &str)], args: &[&str]) -> Self {
