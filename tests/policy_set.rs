@@ -60,6 +60,18 @@ fn a_directory_of_policies_is_served_and_reloaded_as_one_set() {
         assert_eq!(body["checks"][check]["status"], "ok", "{check}: {body:#}");
     }
 
+    // Both policies started together: checkout waited for payments' first result instead of
+    // reporting the never-checked cache as an outage.
+    let metrics = hg.get("/metrics").body;
+    assert!(
+        !metrics
+            .lines()
+            .any(|l| l.starts_with("healthgate_check_results_total{")
+                && l.contains(r#"name="payments""#)
+                && l.contains(r#"result="down""#)),
+        "checkout saw a down at start-up:\n{metrics}"
+    );
+
     // The cache goes: checkout is down because of payments, and says why.
     redis.stop();
     hg.wait_until("checkout down because of payments", SETTLE, |hg| {

@@ -241,9 +241,11 @@ impl Probe {
                 connections.grpc(address, timeout),
                 service.clone(),
             )),
-            Target::Policy { name } => {
-                Probe::Policy(policy::PolicyProbe::new(upstreams.clone(), name.clone()))
-            }
+            Target::Policy { name } => Probe::Policy(policy::PolicyProbe::new(
+                upstreams.clone(),
+                name.clone(),
+                timeout,
+            )),
             Target::Tls(target) => Probe::Tls(tls::TlsProbe::new(target.clone(), guard)),
             Target::Dns(target) => Probe::Dns(dns::DnsProbe::new(target.clone(), timeout, guard)),
         }

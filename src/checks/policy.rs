@@ -3,6 +3,7 @@
 //! says which of its dependencies is the root cause.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use super::{CheckBlock, Observation, Resolved, Target, UrlField};
 use crate::api::{DNS_LABEL_PATTERN, PolicyCheck};
@@ -45,20 +46,40 @@ fn dns_label(label: &str) -> bool {
 
 /// What a `type: policy` probe reads: the engine, for the namespace of the policy that asks.
 pub trait Upstreams: Send + Sync {
-    fn observe(&self, name: &str) -> Observation;
+    /// The upstream's state as an observation, and whether every one of its dependencies has a
+    /// result yet (before that, an unchecked critical dependency reads as down).
+    fn observe(&self, name: &str) -> (Observation, bool);
 }
+
+/// How often a probe looks again at an upstream that has not finished its first checks.
+const SETTLE_POLL: Duration = Duration::from_millis(25);
 
 pub struct PolicyProbe {
     upstreams: Arc<dyn Upstreams>,
     name: String,
+    /// Waiting for an upstream's first results stops short of the check's timeout.
+    patience: Duration,
 }
 
 impl PolicyProbe {
-    pub fn new(upstreams: Arc<dyn Upstreams>, name: String) -> Self {
-        Self { upstreams, name }
+    pub fn new(upstreams: Arc<dyn Upstreams>, name: String, timeout: Duration) -> Self {
+        Self {
+            upstreams,
+            name,
+            patience: timeout.mul_f64(0.75),
+        }
     }
 
+    /// At start-up both policies begin checking at once: waiting for the upstream's first
+    /// results keeps this dependency from reporting a down that never happened.
     pub async fn run(&self) -> Observation {
-        self.upstreams.observe(&self.name)
+        let started = tokio::time::Instant::now();
+        loop {
+            let (observation, settled) = self.upstreams.observe(&self.name);
+            if settled || started.elapsed() + SETTLE_POLL > self.patience {
+                return observation;
+            }
+            tokio::time::sleep(SETTLE_POLL).await;
+        }
     }
 }

@@ -22,10 +22,13 @@ pub struct EngineUpstreams {
 }
 
 impl Upstreams for EngineUpstreams {
-    fn observe(&self, name: &str) -> Observation {
+    fn observe(&self, name: &str) -> (Observation, bool) {
         let key = PolicyKey::new(self.namespace.clone(), name);
         let Some(inner) = self.inner.upgrade() else {
-            return Observation::down(Reason::Config, "healthgate is stopping");
+            return (
+                Observation::down(Reason::Config, "healthgate is stopping"),
+                true,
+            );
         };
         let policies: &RwLock<BTreeMap<PolicyKey, RunningPolicy>> = &inner.policies;
         let snapshot = policies
@@ -34,11 +37,14 @@ impl Upstreams for EngineUpstreams {
             .get(&key)
             .map(|running| running.snapshot(Instant::now()));
         match snapshot {
-            None => Observation::down(
-                Reason::Config,
-                format!("policy {key} is not served by this healthgate"),
+            None => (
+                Observation::down(
+                    Reason::Config,
+                    format!("policy {key} is not served by this healthgate"),
+                ),
+                true,
             ),
-            Some(snapshot) => judge(&key, &snapshot),
+            Some(snapshot) => (judge(&key, &snapshot), snapshot.all_checked()),
         }
     }
 }
@@ -263,7 +269,8 @@ mod tests {
             inner: Arc::downgrade(&engine.inner),
             namespace: "team".into(),
         }
-        .observe("nobody");
+        .observe("nobody")
+        .0;
         assert_eq!(unknown.reason, Reason::Config);
         assert_eq!(
             unknown.error.as_deref(),
