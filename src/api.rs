@@ -425,6 +425,24 @@ pub struct HttpCheck {
     /// If set, the response body (first 64 KiB) must contain this text.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub body_contains: Option<String>,
+    /// How an https URL's certificate is verified. Unset: against the built-in web PKI roots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<ClientTlsSettings>,
+}
+
+/// Certificate verification of an http (https URL) or grpc check.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.caFrom) || !has(self.insecureSkipVerify) || !self.insecureSkipVerify").message("set caFrom or insecureSkipVerify, not both"))]
+pub struct ClientTlsSettings {
+    /// CA certificates (PEM) to verify the server's chain against instead of the default
+    /// roots, from a Secret (Kubernetes mode) or a file (standalone mode).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_from: Option<CaFrom>,
+    /// Accept any certificate for any name: the connection is encrypted but the server is not
+    /// authenticated. For test environments only. Default false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub insecure_skip_verify: bool,
 }
 
 /// A TCP endpoint checked by connecting.
@@ -435,7 +453,8 @@ pub struct TcpCheck {
     pub address: String,
 }
 
-/// A gRPC server checked with the standard health protocol (grpc.health.v1), over plaintext HTTP/2.
+/// A gRPC server checked with the standard health protocol (grpc.health.v1), over HTTP/2
+/// (plaintext, or TLS with `tls`).
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 pub struct GrpcCheck {
     /// `host:port` of the gRPC server.
@@ -444,6 +463,10 @@ pub struct GrpcCheck {
     /// Service name to ask about; empty (default) asks about the server as a whole.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service: Option<String>,
+    /// Set to speak TLS (HTTP/2 over TLS, ALPN h2), with these verification settings; `{}`
+    /// verifies against the system roots. Unset: plaintext HTTP/2.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<ClientTlsSettings>,
 }
 
 /// A TLS endpoint checked with a handshake: the chain must verify, the certificate must name the

@@ -3,8 +3,9 @@
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
+use super::client_tls::{ClientTls, is_tls_error};
 use super::guard::{Blocked, TargetGuard};
-use super::{CheckBlock, Observation, Resolved, Target, UrlField};
+use super::{CaField, CheckBlock, Observation, Resolved, Target, UrlField};
 use crate::api::HttpCheck;
 use crate::health::Reason;
 use crate::policy::validate::{Errors, parse_status_ranges};
@@ -20,6 +21,8 @@ pub struct HttpTarget {
     pub url: SecretUrl,
     pub expect_status: Vec<(u16, u16)>,
     pub body_contains: Option<String>,
+    /// Set when the check has `tls` settings; the probe then has a client of its own.
+    pub tls: Option<ClientTls>,
 }
 
 impl HttpTarget {
@@ -39,6 +42,14 @@ impl CheckBlock for HttpCheck {
         })
     }
 
+    fn ca_from(&self) -> Option<CaField<'_>> {
+        let from = self.tls.as_ref()?.ca_from.as_ref()?;
+        Some(CaField {
+            from,
+            at: "tls.caFrom",
+        })
+    }
+
     fn target(&self, resolved: Resolved, block: &str, errors: &mut Errors) -> Option<Target> {
         let expect_status =
             match parse_status_ranges(self.expect_status.as_deref().unwrap_or("200-299")) {
@@ -48,16 +59,29 @@ impl CheckBlock for HttpCheck {
                     Vec::new()
                 }
             };
+        let tls = self.tls.as_ref().map(|settings| {
+            let path = format!("{block}.tls");
+            if !self
+                .url
+                .trim_start()
+                .to_ascii_lowercase()
+                .starts_with("https:")
+            {
+                errors.push(&path, "only an https URL uses TLS settings");
+            }
+            ClientTls::validate(settings, resolved.ca, &path, errors)
+        });
         Some(Target::Http(HttpTarget {
             url: resolved.url?,
             expect_status,
             body_contains: self.body_contains.clone(),
+            tls,
         }))
     }
 }
 
 pub struct HttpProbe {
-    client: reqwest::Client,
+    client: Result<reqwest::Client, String>,
     target: HttpTarget,
     guard: Option<Arc<TargetGuard>>,
 }
@@ -65,35 +89,46 @@ pub struct HttpProbe {
 impl HttpProbe {
     pub fn new(client: reqwest::Client, target: HttpTarget) -> Self {
         Self {
-            client,
+            client: Ok(client),
             target,
             guard: None,
         }
     }
 
-    /// A probe with its own client whose resolver asks the guard about every address. Its own,
-    /// because the resolver is told only the host name and the guard's API-server rule needs the
-    /// port too. No proxy: through one, the guard would judge the proxy's address, not the
-    /// target's. Redirects are never followed (see [`super::connections`]), so the URL's own
-    /// host is the only one connected to.
-    pub fn guarded(guard: Arc<TargetGuard>, target: HttpTarget) -> Self {
-        let port = reqwest::Url::parse(target.url.expose())
-            .ok()
-            .and_then(|u| u.port_or_known_default())
-            .unwrap_or(80);
-        let resolver = GuardedResolver {
-            guard: guard.clone(),
-            port,
-        };
-        let client = super::connections::http_builder()
-            .no_proxy()
-            .dns_resolver(Arc::new(resolver))
-            .build()
-            .expect("a client without custom TLS roots always builds");
+    /// A probe with its own client: for the check's `tls` settings, and with a guard, a
+    /// resolver that asks the guard about every address. Its own, because the resolver is told
+    /// only the host name and the guard's API-server rule needs the port too. No proxy when
+    /// guarded: through one, the guard would judge the proxy's address, not the target's.
+    /// Redirects are never followed (see [`super::connections`]), so the URL's own host is the
+    /// only one connected to.
+    pub fn own(guard: Option<Arc<TargetGuard>>, target: HttpTarget) -> Self {
+        let mut builder = super::connections::http_builder();
+        if let Some(guard) = &guard {
+            let port = reqwest::Url::parse(target.url.expose())
+                .ok()
+                .and_then(|u| u.port_or_known_default())
+                .unwrap_or(80);
+            let resolver = GuardedResolver {
+                guard: guard.clone(),
+                port,
+            };
+            builder = builder.no_proxy().dns_resolver(Arc::new(resolver));
+        }
+        let client = match &target.tls {
+            Some(tls) => tls
+                .config(&[b"http/1.1"])
+                .map(|config| builder.use_preconfigured_tls(config)),
+            None => Ok(builder),
+        }
+        .and_then(|builder| {
+            builder
+                .build()
+                .map_err(|e| format!("building the HTTP client: {e}"))
+        });
         Self {
             client,
             target,
-            guard: Some(guard),
+            guard,
         }
     }
 
@@ -120,7 +155,11 @@ impl HttpProbe {
         if let Err(blocked) = self.check_literal() {
             return Observation::blocked(&blocked);
         }
-        let mut response = match self.client.get(url.expose()).send().await {
+        let client = match &self.client {
+            Ok(client) => client,
+            Err(e) => return Observation::down(Reason::Config, e.clone()),
+        };
+        let mut response = match client.get(url.expose()).send().await {
             Ok(response) => response,
             Err(e) => {
                 if let Some(blocked) = Blocked::find(&e) {
@@ -128,6 +167,8 @@ impl HttpProbe {
                 }
                 let reason = if e.is_timeout() {
                     Reason::Timeout
+                } else if is_tls_error(&e) {
+                    Reason::Tls
                 } else {
                     Reason::Connect
                 };

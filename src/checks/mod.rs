@@ -3,6 +3,7 @@
 //! (timing, timeouts, thresholds and caching belong to the engine). This file lists the kinds;
 //! `api.rs` holds their wire types. CONTRIBUTING.md has the recipe for adding one.
 
+mod client_tls;
 mod connections;
 mod dns;
 mod grpc;
@@ -16,6 +17,7 @@ mod x509;
 
 use std::time::Duration;
 
+pub use client_tls::ClientTls;
 pub use connections::Connections;
 pub use dns::DnsTarget;
 pub use guard::{Blocked, Cidr, TargetGuard};
@@ -36,13 +38,19 @@ pub trait CheckBlock {
 
     /// Where the block's CA certificates come from, if it has any: declared here for the same
     /// reason as [`CheckBlock::url`].
-    fn ca_from(&self) -> Option<&CaFrom> {
+    fn ca_from(&self) -> Option<CaField<'_>> {
         None
     }
 
     /// The checked, defaulted target, from what validation resolved for it. Problems go to
     /// `errors` at field paths under `block`, the path of this block.
     fn target(&self, resolved: Resolved, block: &str, errors: &mut Errors) -> Option<Target>;
+}
+
+/// A `caFrom` of a check block, and its path under the block (`caFrom`, `tls.caFrom`).
+pub struct CaField<'a> {
+    pub from: &'a CaFrom,
+    pub at: &'static str,
 }
 
 /// What validation resolved for a block. Each is `None` when the kind declares none, or when it
@@ -67,12 +75,22 @@ pub struct UrlField<'a> {
 /// unresolved URL.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Target {
-    Postgres { url: SecretUrl },
-    Redis { url: SecretUrl },
+    Postgres {
+        url: SecretUrl,
+    },
+    Redis {
+        url: SecretUrl,
+    },
     RedisQueue(QueueTarget),
     Http(HttpTarget),
-    Tcp { address: String },
-    Grpc { address: String, service: String },
+    Tcp {
+        address: String,
+    },
+    Grpc {
+        address: String,
+        service: String,
+        tls: Option<ClientTls>,
+    },
     Tls(TlsTarget),
     Dns(DnsTarget),
 }
@@ -110,7 +128,14 @@ impl Target {
                 None => t.address.clone(),
             },
             Target::Dns(d) => d.describe(),
-            Target::Grpc { address, service } => format!("{address} service={service:?}"),
+            Target::Grpc {
+                address,
+                service,
+                tls,
+            } => match tls {
+                Some(_) => format!("{address} service={service:?} tls"),
+                None => format!("{address} service={service:?}"),
+            },
         }
     }
 
@@ -119,7 +144,10 @@ impl Target {
         match self {
             Target::Postgres { url } | Target::Redis { url } => Some(SharedClient::Url(url)),
             Target::RedisQueue(q) => Some(SharedClient::Url(&q.url)),
-            Target::Grpc { address, .. } => Some(SharedClient::Address(address)),
+            Target::Grpc {
+                address, tls: None, ..
+            } => Some(SharedClient::Address(address)),
+            Target::Grpc { tls: Some(_), .. } => None,
             Target::Http(_) | Target::Tcp { .. } | Target::Tls(_) | Target::Dns(_) => None,
         }
     }
@@ -215,13 +243,20 @@ impl Probe {
                     queue.clone(),
                 ))
             }
-            Target::Http(target) => Probe::Http(match guard {
-                Some(guard) => http::HttpProbe::guarded(guard, target.clone()),
-                None => http::HttpProbe::new(connections.http_client(), target.clone()),
+            Target::Http(target) => Probe::Http(match (guard, &target.tls) {
+                (None, None) => http::HttpProbe::new(connections.http_client(), target.clone()),
+                (guard, _) => http::HttpProbe::own(guard, target.clone()),
             }),
             Target::Tcp { address } => Probe::Tcp(tcp::TcpProbe::new(address.clone(), guard)),
-            Target::Grpc { address, service } => Probe::Grpc(grpc::GrpcProbe::new(
-                connections.grpc(address, timeout),
+            Target::Grpc {
+                address,
+                service,
+                tls,
+            } => Probe::Grpc(grpc::GrpcProbe::new(
+                match tls {
+                    None => connections.grpc(address, timeout),
+                    Some(tls) => connections::grpc_tls_channel(address, timeout, guard, tls),
+                },
                 service.clone(),
             )),
             Target::Tls(target) => Probe::Tls(tls::TlsProbe::new(target.clone(), guard)),

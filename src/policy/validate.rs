@@ -14,7 +14,7 @@ use super::{
 use crate::api::{
     CaFrom, CheckDefaults, Dependency, DependencyType, HealthPolicySpec, MAX_DEPENDENCIES, UrlFrom,
 };
-use crate::checks::{CaBundle, Resolved, UrlField};
+use crate::checks::{CaBundle, CaField, Resolved, UrlField};
 use crate::secret::SecretUrl;
 
 /// Checking more often than this is a load test, not a health check.
@@ -415,7 +415,7 @@ fn dependency(
             .and_then(|field| url(field, &block_path, urls, errors));
         let ca = block
             .ca_from()
-            .and_then(|from| ca_bundle(from, &block_path, urls, errors));
+            .and_then(|field| ca_bundle(field, &block_path, urls, errors));
         block.target(Resolved { url, ca }, &block_path, errors)
     });
     if errors.0.len() > before {
@@ -497,17 +497,18 @@ fn url(
 }
 
 fn ca_bundle(
-    from: &CaFrom,
+    field: CaField,
     block: &str,
     urls: &dyn UrlResolver,
     errors: &mut Errors,
 ) -> Option<CaBundle> {
+    let CaField { from, at } = field;
     let path = match (&from.secret_key_ref, &from.file) {
-        (Some(_), None) => format!("{block}.caFrom.secretKeyRef"),
-        (None, Some(_)) => format!("{block}.caFrom.file"),
+        (Some(_), None) => format!("{block}.{at}.secretKeyRef"),
+        (None, Some(_)) => format!("{block}.{at}.file"),
         _ => {
             errors.push(
-                format!("{block}.caFrom"),
+                format!("{block}.{at}"),
                 "set exactly one of file or secretKeyRef",
             );
             return None;

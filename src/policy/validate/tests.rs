@@ -217,6 +217,18 @@ fn every_problem_is_reported_with_its_field_path() {
             &["spec.dependencies[0].dns.expect[0]: \"10.0.0.1\" is not an IPv6 address"],
         ),
         (
+            "dependencies: [{name: a, type: http, http: {url: 'http://h/', tls: {insecureSkipVerify: true, caFrom: {file: garbage.pem}}}}]",
+            &[
+                "spec.dependencies[0].http.tls.caFrom.file: no PEM CERTIFICATE block found",
+                "spec.dependencies[0].http.tls: only an https URL uses TLS settings",
+                "spec.dependencies[0].http.tls: set caFrom or insecureSkipVerify, not both",
+            ],
+        ),
+        (
+            "dependencies: [{name: a, type: grpc, grpc: {address: 'h:1', tls: {caFrom: {file: /nope.pem}}}}]",
+            &["spec.dependencies[0].grpc.tls.caFrom.file: reading /nope.pem"],
+        ),
+        (
             "dependencies: [{name: a, type: tcp, tcp: {address: 'nohost'}}]",
             &["spec.dependencies[0].tcp.address: \"nohost\" must be host:port"],
         ),
