@@ -1,12 +1,15 @@
-//! `type: http`: a GET whose status (and optionally body) is checked.
+//! `type: http`: one request (GET by default) whose status, and optionally body and headers,
+//! are checked.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use super::client_tls::{ClientTls, is_tls_error};
 use super::guard::{Blocked, TargetGuard};
+use super::http_assert::{self, Condition, Pattern};
+use super::http_request::RequestSpec;
 use super::{CaField, CheckBlock, Observation, Resolved, Target, UrlField};
-use crate::api::HttpCheck;
+use crate::api::{HttpCheck, UrlFrom};
 use crate::health::Reason;
 use crate::policy::validate::{Errors, parse_status_ranges};
 use crate::secret::SecretUrl;
@@ -21,6 +24,9 @@ pub struct HttpTarget {
     pub url: SecretUrl,
     pub expect_status: Vec<(u16, u16)>,
     pub body_contains: Option<String>,
+    pub body_matches: Option<Pattern>,
+    pub conditions: Vec<Condition>,
+    pub request: RequestSpec,
     /// Set when the check has `tls` settings; the probe then has a client of its own.
     pub tls: Option<ClientTls>,
 }
@@ -50,7 +56,26 @@ impl CheckBlock for HttpCheck {
         })
     }
 
+    fn values_from(&self) -> Vec<&UrlFrom> {
+        self.headers
+            .iter()
+            .filter_map(|h| h.value_from.as_ref())
+            .collect()
+    }
+
     fn target(&self, resolved: Resolved, block: &str, errors: &mut Errors) -> Option<Target> {
+        let request = RequestSpec::validate(self, resolved.values, block, errors);
+        let body_matches = self.body_matches.as_deref().and_then(|pattern| {
+            Pattern::new(pattern)
+                .map_err(|e| errors.push(format!("{block}.bodyMatches"), e))
+                .ok()
+        });
+        let conditions = self
+            .assertions
+            .iter()
+            .enumerate()
+            .filter_map(|(i, a)| Condition::validate(a, &format!("{block}.assert[{i}]"), errors))
+            .collect();
         let expect_status =
             match parse_status_ranges(self.expect_status.as_deref().unwrap_or("200-299")) {
                 Ok(ranges) => ranges,
@@ -75,6 +100,9 @@ impl CheckBlock for HttpCheck {
             url: resolved.url?,
             expect_status,
             body_contains: self.body_contains.clone(),
+            body_matches,
+            conditions,
+            request,
             tls,
         }))
     }
@@ -159,7 +187,8 @@ impl HttpProbe {
             Ok(client) => client,
             Err(e) => return Observation::down(Reason::Config, e.clone()),
         };
-        let mut response = match client.get(url.expose()).send().await {
+        let request = self.target.request.build(client, url.expose());
+        let mut response = match request.send().await {
             Ok(response) => response,
             Err(e) => {
                 if let Some(blocked) = Blocked::find(&e) {
@@ -179,27 +208,51 @@ impl HttpProbe {
         if !self.target.accepts(status) {
             return Observation::down(Reason::Status, format!("unexpected status {status}"));
         }
-        if let Some(needle) = &self.target.body_contains {
-            let mut body = Vec::new();
-            while body.len() < MAX_BODY_BYTES {
-                match response.chunk().await {
-                    Ok(Some(chunk)) => body.extend_from_slice(&chunk),
-                    Ok(None) => break,
-                    Err(e) => {
-                        return Observation::down(
-                            Reason::Error,
-                            url.scrub(&e.without_url().to_string()),
-                        );
-                    }
+        let target = &self.target;
+        let headers: Vec<(String, String)> = response
+            .headers()
+            .iter()
+            .map(|(name, value)| {
+                let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
+                (name.as_str().to_string(), value)
+            })
+            .collect();
+        let needs_body = target.body_contains.is_some()
+            || http_assert::needs_body(&target.conditions, target.body_matches.as_ref());
+        let mut body = Vec::new();
+        while needs_body && body.len() < MAX_BODY_BYTES {
+            match response.chunk().await {
+                Ok(Some(chunk)) => body.extend_from_slice(&chunk),
+                Ok(None) => break,
+                Err(e) => {
+                    return Observation::down(
+                        Reason::Error,
+                        url.scrub(&e.without_url().to_string()),
+                    );
                 }
             }
-            body.truncate(MAX_BODY_BYTES);
-            if !String::from_utf8_lossy(&body).contains(needle.as_str()) {
-                return Observation::down(
-                    Reason::Body,
-                    format!("status {status}, body does not contain {needle:?}"),
-                );
-            }
+        }
+        body.truncate(MAX_BODY_BYTES);
+        let body = String::from_utf8_lossy(&body);
+        if let Some(needle) = &target.body_contains
+            && !body.contains(needle.as_str())
+        {
+            return Observation::down(
+                Reason::Body,
+                format!("status {status}, body does not contain {needle:?}"),
+            );
+        }
+        let failed = http_assert::failures(
+            &target.conditions,
+            target.body_matches.as_ref(),
+            &headers,
+            &body,
+        );
+        if !failed.is_empty() {
+            return Observation::down(
+                Reason::Assertion,
+                format!("status {status}, {}", failed.join("; ")),
+            );
         }
         Observation::ok(format!("status {status}"))
     }

@@ -9,6 +9,8 @@ mod dns;
 mod grpc;
 mod guard;
 mod http;
+mod http_assert;
+mod http_request;
 mod postgres;
 mod redis;
 mod tcp;
@@ -27,7 +29,7 @@ pub use tls::{CaBundle, TlsTarget};
 
 use crate::api::{CaFrom, DependencyType, UrlFrom};
 use crate::health::{Outcome, Reason};
-use crate::policy::validate::Errors;
+use crate::policy::validate::{Errors, UrlResolver};
 use crate::secret::SecretUrl;
 
 /// A kind's check block, as written under `dependencies[].<kind>`.
@@ -42,6 +44,12 @@ pub trait CheckBlock {
         None
     }
 
+    /// Other values the block reads from an environment variable or a Secret (HTTP header
+    /// values), declared so Secret rotation follows them.
+    fn values_from(&self) -> Vec<&UrlFrom> {
+        Vec::new()
+    }
+
     /// The checked, defaulted target, from what validation resolved for it. Problems go to
     /// `errors` at field paths under `block`, the path of this block.
     fn target(&self, resolved: Resolved, block: &str, errors: &mut Errors) -> Option<Target>;
@@ -53,14 +61,15 @@ pub struct CaField<'a> {
     pub at: &'static str,
 }
 
-/// What validation resolved for a block. Each is `None` when the kind declares none, or when it
-/// did not resolve: that problem is already in the errors.
-#[derive(Default)]
-pub struct Resolved {
+/// What validation resolved for a block. `url` and `ca` are `None` when the kind declares
+/// none, or when it did not resolve: that problem is already in the errors.
+pub struct Resolved<'a> {
     /// The resolved [`CheckBlock::url`].
     pub url: Option<SecretUrl>,
     /// The parsed [`CheckBlock::ca_from`].
     pub ca: Option<CaBundle>,
+    /// For the [`CheckBlock::values_from`] the block resolves itself (each at its own path).
+    pub values: &'a dyn UrlResolver,
 }
 
 /// A URL field of a check block: written inline or read from `urlFrom`.

@@ -106,10 +106,12 @@ pub enum Reason {
     Dns,
     /// The DNS answers differ from the expected set.
     UnexpectedAnswer,
+    /// An HTTP response failed a condition of `assert` or `bodyMatches`.
+    Assertion,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 16] = [
+    pub const ALL: [Reason; 17] = [
         Reason::Ok,
         Reason::Slow,
         Reason::QueueDepth,
@@ -126,6 +128,7 @@ impl Reason {
         Reason::CertExpiry,
         Reason::Dns,
         Reason::UnexpectedAnswer,
+        Reason::Assertion,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -146,6 +149,7 @@ impl Reason {
             Reason::CertExpiry => "cert_expiry",
             Reason::Dns => "dns",
             Reason::UnexpectedAnswer => "unexpected_answer",
+            Reason::Assertion => "assertion",
         }
     }
 }

@@ -416,7 +416,12 @@ fn dependency(
         let ca = block
             .ca_from()
             .and_then(|field| ca_bundle(field, &block_path, urls, errors));
-        block.target(Resolved { url, ca }, &block_path, errors)
+        let resolved = Resolved {
+            url,
+            ca,
+            values: urls,
+        };
+        block.target(resolved, &block_path, errors)
     });
     if errors.0.len() > before {
         return None;

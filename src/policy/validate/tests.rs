@@ -229,6 +229,20 @@ fn every_problem_is_reported_with_its_field_path() {
             &["spec.dependencies[0].grpc.tls.caFrom.file: reading /nope.pem"],
         ),
         (
+            "dependencies: [{name: a, type: http, http: {url: 'http://h/', body: x, headers: [{name: 'bad name', value: v}, {name: X-Token, valueFrom: {env: NOPE}}, {name: X-A}, {name: X-B, value: \"a\\nb\"}], bodyMatches: '[', assert: [{jsonPointer: status, equals: UP}, {header: h, matches: '('}, {header: h}]}}]",
+            &[
+                "spec.dependencies[0].http.body: a body needs a method other than GET or HEAD",
+                "spec.dependencies[0].http.headers[0].name: \"bad name\" is not an HTTP header name",
+                "spec.dependencies[0].http.headers[1].valueFrom.env: environment variable NOPE is not set",
+                "spec.dependencies[0].http.headers[2]: set exactly one of value or valueFrom",
+                "spec.dependencies[0].http.headers[3].value: not a valid HTTP header value",
+                "spec.dependencies[0].http.bodyMatches: not a valid regular expression",
+                "spec.dependencies[0].http.assert[0].jsonPointer: \"status\" must be empty or start with '/' (RFC 6901)",
+                "spec.dependencies[0].http.assert[1].matches: not a valid regular expression",
+                "spec.dependencies[0].http.assert[2]: set exactly one of equals, oneOf (not empty) or matches",
+            ],
+        ),
+        (
             "dependencies: [{name: a, type: tcp, tcp: {address: 'nohost'}}]",
             &["spec.dependencies[0].tcp.address: \"nohost\" must be host:port"],
         ),
