@@ -509,6 +509,12 @@ mod tests {
 
     #[test]
     fn ca_bundles_are_checked_without_quoting_them() {
+        let ca = include_str!("../policy/validate/testdata/ca.pem");
+        assert!(CaBundle::from_pem(ca).is_ok());
+        // A key beside the certificate is skipped, not an error.
+        let with_key =
+            format!("-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n{ca}");
+        assert!(CaBundle::from_pem(&with_key).is_ok());
         assert_eq!(
             CaBundle::from_pem("hunter2"),
             Err("no PEM CERTIFICATE block found".into())

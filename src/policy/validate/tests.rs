@@ -26,6 +26,33 @@ impl UrlResolver for Env {
     }
 }
 
+/// Resolves every Secret reference to a fixed value (a CA bundle for `caFrom`), for documents
+/// written for Kubernetes mode.
+struct AnySecret;
+
+impl UrlResolver for AnySecret {
+    fn resolve(&self, _: &UrlFrom) -> Result<String, String> {
+        Ok("Bearer example-token-value".into())
+    }
+
+    fn resolve_ca(&self, _: &CaFrom) -> Result<String, String> {
+        Ok(include_str!("testdata/ca.pem").into())
+    }
+}
+
+#[test]
+fn the_more_checks_example_is_valid() {
+    let text = include_str!("../../../examples/more-checks.yaml");
+    let policy: crate::api::HealthPolicy = serde_saphyr::from_str(text).expect("parses");
+    let valid = validate(&policy.spec, &AnySecret).expect("examples/more-checks.yaml is valid");
+    let kinds: Vec<&str> = valid
+        .dependencies
+        .iter()
+        .map(|d| d.target.kind().as_str())
+        .collect();
+    assert_eq!(kinds, ["tls", "dns", "dns", "http", "http", "grpc"]);
+}
+
 const ENV: Env = Env(&[("REDIS_URL", "redis://:hunter22@127.0.0.1:6379/0")]);
 
 fn spec(yaml: &str) -> HealthPolicySpec {
