@@ -528,13 +528,25 @@ pub struct RedisQueueCheck {
     pub down_above: Option<i64>,
 }
 
-/// An HTTP endpoint checked with GET.
-#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+/// An HTTP endpoint checked with one request (GET by default).
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.body) || (has(self.method) && !(self.method in ['GET', 'HEAD']))").message("body needs a method other than GET or HEAD"))]
 pub struct HttpCheck {
-    /// URL to GET (http or https).
+    /// URL to request (http or https).
     #[schemars(length(min = 1))]
     pub url: String,
+    /// Request method. Default GET.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<HttpMethod>,
+    /// Request headers, e.g. a token from a Secret.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub headers: Vec<HttpHeader>,
+    /// Request body (with POST, PUT, PATCH, DELETE or OPTIONS).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 65536))]
+    pub body: Option<String>,
     /// Accepted status codes as ranges, e.g. `200-299` (default) or `200-299,301`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = STATUS_RANGES_PATTERN))]
@@ -542,6 +554,95 @@ pub struct HttpCheck {
     /// If set, the response body (first 64 KiB) must contain this text.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub body_contains: Option<String>,
+    /// If set, the response body (first 64 KiB) must match this regular expression (Rust
+    /// `regex` syntax, e.g. `"status":\s*"(UP|OK)"`). A mismatch is reason `assertion`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 1024))]
+    pub body_matches: Option<String>,
+    /// Conditions on the JSON body or the headers of the response; every one must hold, and
+    /// each that does not is named in the error (reason `assertion`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty", rename = "assert")]
+    #[schemars(length(max = 32))]
+    pub assertions: Vec<HttpAssertion>,
+    /// How an https URL's certificate is verified. Unset: against the built-in web PKI roots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<ClientTlsSettings>,
+}
+
+/// An HTTP request method.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, JsonSchema)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum HttpMethod {
+    #[default]
+    Get,
+    Head,
+    Post,
+    Put,
+    Patch,
+    Delete,
+    Options,
+}
+
+/// A request header: its value written inline or read from an environment variable or Secret.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.value) != has(self.valueFrom)").message("set exactly one of value or valueFrom"))]
+pub struct HttpHeader {
+    /// Header name, e.g. `Authorization`.
+    #[schemars(length(min = 1, max = 256))]
+    pub name: String,
+    /// Header value, written inline (shown in the spec: use valueFrom for a token).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    /// Reads the value from an environment variable or a Secret (Kubernetes mode); a value read
+    /// so is never shown and a Secret change takes effect without a restart.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value_from: Option<UrlFrom>,
+}
+
+/// One condition on the response: a subject (jsonPointer or header) and one test (equals,
+/// oneOf or matches).
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.jsonPointer) != has(self.header)").message("set exactly one of jsonPointer or header"))]
+#[x_kube(validation = Rule::new("(has(self.equals) ? 1 : 0) + (has(self.oneOf) ? 1 : 0) + (has(self.matches) ? 1 : 0) == 1").message("set exactly one of equals, oneOf or matches"))]
+pub struct HttpAssertion {
+    /// A JSON pointer (RFC 6901) into the response body, e.g. `/status` or `/checks/0/state`.
+    /// A string is compared as its text, any other value as its JSON (`true`, `42`, `null`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 1024))]
+    pub json_pointer: Option<String>,
+    /// A response header name (any case); a missing header fails the condition.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 256))]
+    pub header: Option<String>,
+    /// The value must be exactly this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub equals: Option<String>,
+    /// The value must be one of these.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 32))]
+    pub one_of: Option<Vec<String>>,
+    /// The value must match this regular expression (Rust `regex` syntax; unanchored unless
+    /// written with `^…$`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 1024))]
+    pub matches: Option<String>,
+}
+
+/// Certificate verification of an http (https URL) or grpc check.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.caFrom) || !has(self.insecureSkipVerify) || !self.insecureSkipVerify").message("set caFrom or insecureSkipVerify, not both"))]
+pub struct ClientTlsSettings {
+    /// CA certificates (PEM) to verify the server's chain against instead of the default
+    /// roots, from a Secret (Kubernetes mode) or a file (standalone mode).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_from: Option<CaFrom>,
+    /// Accept any certificate for any name: the connection is encrypted but the server is not
+    /// authenticated. For test environments only. Default false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub insecure_skip_verify: bool,
 }
 
 /// A TCP endpoint checked by connecting.
@@ -552,7 +653,8 @@ pub struct TcpCheck {
     pub address: String,
 }
 
-/// A gRPC server checked with the standard health protocol (grpc.health.v1), over plaintext HTTP/2.
+/// A gRPC server checked with the standard health protocol (grpc.health.v1), over HTTP/2
+/// (plaintext, or TLS with `tls`).
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 pub struct GrpcCheck {
     /// `host:port` of the gRPC server.
@@ -561,6 +663,10 @@ pub struct GrpcCheck {
     /// Service name to ask about; empty (default) asks about the server as a whole.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service: Option<String>,
+    /// Set to speak TLS (HTTP/2 over TLS, ALPN h2), with these verification settings; `{}`
+    /// verifies against the system roots. Unset: plaintext HTTP/2.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<ClientTlsSettings>,
 }
 
 /// Another HealthPolicy this service depends on, e.g. the policy of a service it calls. Its
@@ -624,8 +730,8 @@ pub struct DnsCheck {
     #[schemars(length(min = 1, max = 253))]
     pub name: String,
     /// The record type to ask for: A (default), AAAA, SRV or CNAME.
-    #[serde(default)]
-    pub record_type: DnsRecordType,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub record_type: Option<DnsRecordType>,
     /// The exact set of answers expected, in any order: IP addresses for A and AAAA, names for
     /// CNAME, `priority weight port target` for SRV (e.g. `10 5 5432 db1.example.com`).
     /// A missing or an extra answer is down (reason `unexpected_answer`). Unset: any answer.

@@ -255,6 +255,41 @@ impl SecretUrl {
     }
 }
 
+/// A credential that is not a URL, such as an HTTP header value read from a Secret. Like
+/// [`SecretUrl`], it is remembered for [`redact`] and never shown by `Debug`.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct SecretValue(String);
+
+impl SecretValue {
+    /// Words this short are scheme names (`Bearer`, `Basic`), not secrets: masking them would
+    /// mangle unrelated text.
+    const MIN_WORD: usize = 8;
+
+    pub fn new(value: impl Into<String>) -> Self {
+        let value = value.into();
+        let mut secrets = vec![value.clone()];
+        secrets.extend(
+            value
+                .split_whitespace()
+                .filter(|w| w.len() >= Self::MIN_WORD)
+                .map(String::from),
+        );
+        remember(secrets);
+        Self(value)
+    }
+
+    /// The raw value, for the request only.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for SecretValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SecretValue(***)")
+    }
+}
+
 impl fmt::Debug for SecretUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "SecretUrl({})", self.redacted())

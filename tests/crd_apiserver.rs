@@ -228,6 +228,29 @@ async fn valid_policies_are_accepted_unchanged() {
         .await
         .expect("boundary values are valid");
 
+    // Issue 11's kinds and settings, stored as written (nothing defaulted in).
+    let checks = json!({
+        "dependencies": [
+            {"name": "cert", "type": "tls", "tls": {"address": "api.example.com:443",
+             "caFrom": {"secretKeyRef": {"name": "ca", "key": "ca.crt"}},
+             "degradedBefore": "14d", "downBefore": "36h"}},
+            {"name": "name", "type": "dns", "dns": {"name": "_pg._tcp.example.com", "recordType": "SRV",
+             "expect": ["10 5 5432 db.example.com"], "nameserver": "10.0.0.10:53"}},
+            {"name": "api", "type": "http", "http": {"url": "https://api/health", "method": "POST",
+             "body": "{}", "headers": [{"name": "Authorization",
+             "valueFrom": {"secretKeyRef": {"name": "token", "key": "t"}}}, {"name": "X-A", "value": "b"}],
+             "bodyMatches": "UP", "assert": [{"jsonPointer": "/status", "oneOf": ["UP", "OK"]},
+             {"header": "content-type", "matches": "json"}],
+             "tls": {"caFrom": {"secretKeyRef": {"name": "ca", "key": "ca.crt"}}}}},
+            {"name": "rpc", "type": "grpc", "grpc": {"address": "rpc:443", "tls": {"insecureSkipVerify": true}}},
+        ],
+    });
+    let checks = policy("checks", checks);
+    let stored = create_strict(&client, &ns, &checks)
+        .await
+        .expect("the tls, dns and http settings are valid");
+    assert_eq!(stored["spec"], checks["spec"]);
+
     // The typed API round-trips: what the Rust types write is what they read back.
     let typed: HealthPolicySpec =
         serde_json::from_value(full_spec()).expect("the example fits the Rust types");
@@ -404,6 +427,50 @@ async fn invalid_policies_are_rejected_naming_the_field() {
             vec![
                 "spec.dependencies[0].redis",
                 "set exactly one of url or urlFrom",
+            ],
+        ),
+        (
+            "CEL: caFrom with both file and secretKeyRef",
+            json!({"dependencies": [{"name": "c", "type": "tls", "tls": {"address": "h:443",
+                "caFrom": {"file": "/ca.pem", "secretKeyRef": {"name": "ca", "key": "k"}}}}]}),
+            vec![
+                "spec.dependencies[0].tls.caFrom",
+                "set exactly one of file or secretKeyRef",
+            ],
+        ),
+        (
+            "CEL: caFrom and insecureSkipVerify",
+            json!({"dependencies": [{"name": "g", "type": "grpc", "grpc": {"address": "h:443",
+                "tls": {"insecureSkipVerify": true, "caFrom": {"file": "/ca.pem"}}}}]}),
+            vec![
+                "spec.dependencies[0].grpc.tls",
+                "set caFrom or insecureSkipVerify, not both",
+            ],
+        ),
+        (
+            "CEL: a body with the default method",
+            json!({"dependencies": [{"name": "h", "type": "http", "http": {"url": "http://h/", "body": "x"}}]}),
+            vec![
+                "spec.dependencies[0].http",
+                "body needs a method other than GET or HEAD",
+            ],
+        ),
+        (
+            "CEL: an assertion with two tests",
+            json!({"dependencies": [{"name": "h", "type": "http", "http": {"url": "http://h/",
+                "assert": [{"header": "x", "equals": "1", "matches": "1"}]}}]}),
+            vec![
+                "spec.dependencies[0].http.assert[0]",
+                "set exactly one of equals, oneOf or matches",
+            ],
+        ),
+        (
+            "CEL: a header with value and valueFrom",
+            json!({"dependencies": [{"name": "h", "type": "http", "http": {"url": "http://h/",
+                "headers": [{"name": "x", "value": "1", "valueFrom": {"env": "X"}}]}}]}),
+            vec![
+                "spec.dependencies[0].http.headers[0]",
+                "set exactly one of value or valueFrom",
             ],
         ),
         (

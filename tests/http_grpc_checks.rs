@@ -119,3 +119,190 @@ fn http_and_grpc_checks_report_each_failure_mode() {
     assert_eq!(body["status"], "degraded");
     assert_eq!(ready.status, 207);
 }
+
+/// The token an `echo` request must carry, from an environment variable: it must never show.
+const TOKEN: &str = "tok-3f9a61c2d8e74b05";
+
+fn start_api() -> (tokio::runtime::Runtime, SocketAddr) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let addr = runtime.block_on(async {
+        let status = warp::path!("status.json").map(|| {
+            warp::reply::with_header(
+                warp::reply::json(&serde_json::json!({
+                    "status": "UP",
+                    "version": "2.4.1",
+                    "checks": [{"name": "db", "up": true}]
+                })),
+                "x-version",
+                "2.4.1",
+            )
+        });
+        let text = warp::path!("text").map(|| "all good, healthy");
+        // Answers only a POST carrying the token and the body `ping`.
+        let echo = warp::path!("echo")
+            .and(warp::post())
+            .and(warp::header::optional::<String>("authorization"))
+            .and(warp::body::bytes())
+            .map(|auth: Option<String>, body: bytes::Bytes| {
+                let (code, reply) = if auth.as_deref() != Some(&format!("Bearer {TOKEN}")) {
+                    (401, "who are you")
+                } else if &body[..] != b"ping" {
+                    (400, "say ping")
+                } else {
+                    (200, "pong")
+                };
+                warp::reply::with_status(reply, warp::http::StatusCode::from_u16(code).unwrap())
+            });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(
+            warp::serve(status.or(text).or(echo))
+                .incoming(listener)
+                .run(),
+        );
+        addr
+    });
+    (runtime, addr)
+}
+
+#[test]
+fn http_assertions_methods_headers_and_bodies() {
+    let (_runtime, api) = start_api();
+    let http = |name: &str, fields: &str| {
+        format!("    - {{name: {name}, type: http, critical: false, http: {{{fields}}}}}\n")
+    };
+    let deps = [
+        http(
+            "json-ok",
+            &format!(
+                "url: 'http://{api}/status.json', assert: [{{jsonPointer: /status, equals: UP}}, \
+                 {{jsonPointer: /version, oneOf: ['2.4.1', '2.5.0']}}, {{jsonPointer: /checks/0/up, equals: 'true'}}, \
+                 {{header: Content-Type, matches: '^application/json'}}]"
+            ),
+        ),
+        http(
+            "json-fail",
+            &format!(
+                "url: 'http://{api}/status.json', assert: [{{jsonPointer: /status, equals: UP}}, \
+                 {{jsonPointer: /status, oneOf: [DOWN, DEGRADED]}}, {{header: X-Version, matches: '^3\\.'}}, \
+                 {{header: X-Missing, equals: 'yes'}}, {{jsonPointer: /nope, equals: x}}]"
+            ),
+        ),
+        http(
+            "not-json",
+            &format!("url: 'http://{api}/text', assert: [{{jsonPointer: /status, equals: UP}}]"),
+        ),
+        http(
+            "body-regex",
+            &format!("url: 'http://{api}/text', bodyMatches: 'good, (healthy|fine)$'"),
+        ),
+        http(
+            "body-regex-fail",
+            &format!("url: 'http://{api}/text', bodyMatches: '^UP$'"),
+        ),
+        http(
+            "head",
+            &format!("url: 'http://{api}/status.json', method: HEAD, assert: [{{header: x-version, equals: '2.4.1'}}]"),
+        ),
+        http(
+            "post-token",
+            &format!(
+                "url: 'http://{api}/echo', method: POST, body: ping, bodyContains: pong, \
+                 headers: [{{name: Authorization, valueFrom: {{env: HG_API_TOKEN}}}}]"
+            ),
+        ),
+        http(
+            "post-wrong-token",
+            &format!(
+                "url: 'http://{api}/echo', method: POST, body: ping, \
+                 headers: [{{name: Authorization, value: 'Bearer wrong'}}]"
+            ),
+        ),
+        http(
+            "post-wrong-body",
+            &format!(
+                "url: 'http://{api}/echo', method: POST, body: pong, \
+                 headers: [{{name: Authorization, valueFrom: {{env: HG_API_TOKEN}}}}]"
+            ),
+        ),
+        // The route takes POST only: a GET is refused, so the method really is what is sent.
+        http(
+            "get-echo",
+            &format!(
+                "url: 'http://{api}/echo', headers: [{{name: Authorization, valueFrom: {{env: HG_API_TOKEN}}}}]"
+            ),
+        ),
+    ]
+    .concat();
+    let policy = format!(
+        "apiVersion: healthgate.dev/v1alpha1\nkind: HealthPolicy\nmetadata: {{name: api}}\nspec:\n  \
+         defaults: {{interval: 300ms, timeout: 1s}}\n  dependencies:\n{deps}"
+    );
+    let token = format!("Bearer {TOKEN}");
+    let hg = Healthgate::start(&policy, &[("HG_API_TOKEN", &token)], &[]);
+    hg.wait_until("every check ran", Duration::from_secs(15), |hg| {
+        let body = hg.get("/ready").json();
+        body["checks"]
+            .as_object()
+            .unwrap()
+            .values()
+            .all(|c| c["checked_at"].is_string())
+    });
+    let body = hg.get("/ready").json();
+    let expect = [
+        ("json-ok", "ok", "ok", None),
+        (
+            "json-fail",
+            "down",
+            "assertion",
+            Some(
+                r#"status 200, /status is "UP", expected one of "DOWN", "DEGRADED"; header x-version is "2.4.1", expected to match "^3\\."; header x-missing is missing; /nope is not in the body"#,
+            ),
+        ),
+        (
+            "not-json",
+            "down",
+            "assertion",
+            Some("status 200, /status: body is not JSON (expected value at line 1 column 1)"),
+        ),
+        ("body-regex", "ok", "ok", None),
+        (
+            "body-regex-fail",
+            "down",
+            "assertion",
+            Some(r#"status 200, body does not match "^UP$""#),
+        ),
+        ("head", "ok", "ok", None),
+        ("post-token", "ok", "ok", None),
+        (
+            "post-wrong-token",
+            "down",
+            "status",
+            Some("unexpected status 401"),
+        ),
+        (
+            "post-wrong-body",
+            "down",
+            "status",
+            Some("unexpected status 400"),
+        ),
+        ("get-echo", "down", "status", Some("unexpected status 405")),
+    ];
+    for (name, status, reason, error) in expect {
+        let check = &body["checks"][name];
+        assert_eq!(
+            (check["status"].as_str(), check["reason"].as_str()),
+            (Some(status), Some(reason)),
+            "{name}: {check}"
+        );
+        assert_eq!(check["error"].as_str(), error, "{name}: {check}");
+    }
+    let logs = hg.logs().join("\n");
+    for output in [body.to_string(), hg.get("/metrics").body, logs] {
+        assert!(!output.contains(TOKEN), "the token leaked: {output}");
+    }
+}

@@ -176,3 +176,80 @@ fn check_command_runs_a_tls_policy() {
         "{report}"
     );
 }
+
+#[test]
+fn http_and_grpc_tls_settings_verify_with_a_ca_or_skip_verification() {
+    let ca = TestCa::new("healthgate client CA");
+    let names = "DNS:localhost,IP:127.0.0.1";
+    let leaf = ca.leaf("web", names, 90 * DAY);
+    let other = ca.leaf("other", "DNS:other.test", 90 * DAY);
+    let (web, wrong) = (TlsServer::start(&leaf), TlsServer::start(&other));
+    let (_runtime, grpc) = support::tls::grpc_health_over_tls(&leaf);
+    let ca_file = format!("caFrom: {{file: '{}'}}", ca.pem().display());
+    let http = |name: &str, port: u16, tls: &str| {
+        format!(
+            "    - {{name: {name}, type: http, critical: false, http: {{url: 'https://localhost:{port}/'{tls}}}}}\n"
+        )
+    };
+    let grpc_dep = |name: &str, tls: &str| {
+        format!(
+            "    - {{name: {name}, type: grpc, critical: false, grpc: {{address: 'localhost:{grpc}', service: billing{tls}}}}}\n"
+        )
+    };
+    let deps = [
+        http("https-ca", web.port, &format!(", tls: {{{ca_file}}}")),
+        http("https-default-roots", web.port, ""),
+        http(
+            "https-insecure",
+            web.port,
+            ", tls: {insecureSkipVerify: true}",
+        ),
+        http(
+            "https-wrong-host",
+            wrong.port,
+            &format!(", tls: {{{ca_file}}}"),
+        ),
+        http(
+            "https-insecure-wrong-host",
+            wrong.port,
+            ", tls: {insecureSkipVerify: true}",
+        ),
+        grpc_dep("grpc-tls-ca", &format!(", tls: {{{ca_file}}}")),
+        grpc_dep("grpc-tls-system-roots", ", tls: {}"),
+        grpc_dep("grpc-tls-insecure", ", tls: {insecureSkipVerify: true}"),
+    ]
+    .concat();
+    let hg = Healthgate::start(&policy(&deps), &[], &[]);
+    hg.wait_until("every check ran", Duration::from_secs(20), |hg| {
+        let body = hg.get("/ready").json();
+        body["checks"]
+            .as_object()
+            .unwrap()
+            .values()
+            .all(|c| c["checked_at"].is_string())
+    });
+    let body = hg.get("/ready").json();
+    let expect = [
+        ("https-ca", "ok", "ok", ""),
+        ("https-default-roots", "down", "tls", "UnknownIssuer"),
+        ("https-insecure", "ok", "ok", ""),
+        ("https-wrong-host", "down", "tls", "not valid for name"),
+        ("https-insecure-wrong-host", "ok", "ok", ""),
+        ("grpc-tls-ca", "ok", "ok", ""),
+        ("grpc-tls-system-roots", "down", "tls", "UnknownIssuer"),
+        ("grpc-tls-insecure", "ok", "ok", ""),
+    ];
+    for (name, status, reason, error) in expect {
+        let c = &body["checks"][name];
+        assert_eq!(
+            (c["status"].as_str(), c["reason"].as_str()),
+            (Some(status), Some(reason)),
+            "{name}: {c}"
+        );
+        let text = c["error"].as_str().unwrap_or("");
+        assert!(
+            text.contains(error),
+            "{name}: {text:?} should contain {error:?}"
+        );
+    }
+}

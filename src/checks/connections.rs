@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
+use tokio_util::either::Either;
 use tonic::codegen::http::Uri;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -19,6 +20,7 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use tonic::transport::{Channel, Endpoint};
 
 use super::SharedClient;
+use super::client_tls::ClientTls;
 use super::guard::{self, TargetGuard};
 use crate::policy::Policy;
 use crate::secret::SecretUrl;
@@ -88,8 +90,9 @@ impl Connections {
                     .map_err(|e| format!("invalid gRPC address {address:?}: {e}"))?
                     .connect_timeout(timeout);
                 Ok(match &self.guard {
-                    Some(guard) => endpoint.connect_with_connector_lazy(GuardedConnector {
-                        guard: guard.clone(),
+                    Some(guard) => endpoint.connect_with_connector_lazy(GrpcConnector {
+                        guard: Some(guard.clone()),
+                        tls: None,
                     }),
                     None => endpoint.connect_lazy(),
                 })
@@ -192,17 +195,40 @@ pub fn http_builder() -> reqwest::ClientBuilder {
         .redirect(reqwest::redirect::Policy::none())
 }
 
-/// tonic's connector for a guarded gRPC channel: resolves the channel's host on every
-/// (re)connect, asks the guard about every address and connects to those addresses only.
+/// A gRPC channel of its own for a check with `tls` settings (not shared: the settings are
+/// part of the check). Lazy, like the shared ones.
+pub fn grpc_tls_channel(
+    address: &str,
+    timeout: Duration,
+    guard: Option<Arc<TargetGuard>>,
+    tls: &ClientTls,
+) -> Result<Channel, String> {
+    let config = tls.config(&[b"h2"])?;
+    // The scheme only tells tonic where to connect: the connector below does the TLS.
+    let endpoint = Endpoint::from_shared(format!("http://{address}"))
+        .map_err(|e| format!("invalid gRPC address {address:?}: {e}"))?
+        .connect_timeout(timeout);
+    Ok(endpoint.connect_with_connector_lazy(GrpcConnector {
+        guard,
+        tls: Some(Arc::new(config)),
+    }))
+}
+
+/// tonic's connector for a guarded or TLS gRPC channel. Guarded, it resolves the channel's host
+/// on every (re)connect, asks the guard about every address and connects to those addresses
+/// only. With TLS it then does the handshake itself (SNI and verification by the host name),
+/// offering ALPN h2, so the guard and the TLS settings apply to the same connection.
 #[derive(Clone)]
-struct GuardedConnector {
-    guard: Arc<TargetGuard>,
+struct GrpcConnector {
+    guard: Option<Arc<TargetGuard>>,
+    tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
+type GrpcStream = Either<TcpStream, tokio_rustls::client::TlsStream<TcpStream>>;
 
-impl tonic::codegen::Service<Uri> for GuardedConnector {
-    type Response = TokioIo<TcpStream>;
+impl tonic::codegen::Service<Uri> for GrpcConnector {
+    type Response = TokioIo<GrpcStream>;
     type Error = BoxError;
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
 
@@ -211,19 +237,32 @@ impl tonic::codegen::Service<Uri> for GuardedConnector {
     }
 
     fn call(&mut self, uri: Uri) -> Self::Future {
-        let guard = self.guard.clone();
+        let (guard, tls) = (self.guard.clone(), self.tls.clone());
         Box::pin(async move {
             let host = uri.host().ok_or("gRPC address without a host")?;
             let port = uri.port_u16().unwrap_or(80);
-            let addresses = match guard::resolve(&guard, host, port).await {
-                Ok(addresses) => addresses,
-                Err(guard::ResolveError::Blocked(b)) => return Err(Box::new(b) as BoxError),
-                Err(other) => return Err(other.to_string().into()),
+            let stream = match &guard {
+                Some(guard) => {
+                    let addresses = match guard::resolve(guard, host, port).await {
+                        Ok(addresses) => addresses,
+                        Err(guard::ResolveError::Blocked(b)) => return Err(Box::new(b) as BoxError),
+                        Err(other) => return Err(other.to_string().into()),
+                    };
+                    TcpStream::connect(&addresses[..]).await?
+                }
+                None => TcpStream::connect((host.trim_matches(['[', ']']), port)).await?,
             };
-            let stream = TcpStream::connect(&addresses[..]).await?;
             // tonic's own connector sets it too: health RPCs are tiny and latency-bound.
             stream.set_nodelay(true)?;
-            Ok(TokioIo::new(stream))
+            let Some(tls) = tls else {
+                return Ok(TokioIo::new(Either::Left(stream)));
+            };
+            let name =
+                rustls::pki_types::ServerName::try_from(host.trim_matches(['[', ']']).to_string())?;
+            let stream = tokio_rustls::TlsConnector::from(tls)
+                .connect(name, stream)
+                .await?;
+            Ok(TokioIo::new(Either::Right(stream)))
         })
     }
 }

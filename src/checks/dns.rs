@@ -48,10 +48,11 @@ impl CheckBlock for DnsCheck {
         if let Err(e) = normalise_name(&self.name) {
             errors.push(format!("{block}.name"), e);
         }
+        let record_type = self.record_type.unwrap_or_default();
         let expect = self.expect.as_ref().map(|answers| {
             let mut set = BTreeSet::new();
             for (index, answer) in answers.iter().enumerate() {
-                match normalise_answer(self.record_type, answer) {
+                match normalise_answer(record_type, answer) {
                     Ok(answer) => {
                         set.insert(answer);
                     }
@@ -67,7 +68,7 @@ impl CheckBlock for DnsCheck {
         });
         Some(Target::Dns(DnsTarget {
             name: self.name.clone(),
-            record_type: self.record_type,
+            record_type,
             expect,
             nameserver,
         }))

@@ -1,11 +1,13 @@
-//! `type: grpc`: the standard health protocol (grpc.health.v1.Health/Check) over plaintext HTTP/2.
+//! `type: grpc`: the standard health protocol (grpc.health.v1.Health/Check) over HTTP/2,
+//! plaintext or (with `tls`) TLS.
 
 use tonic::transport::Channel;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
+use super::client_tls::{ClientTls, is_tls_error};
 use super::guard::Blocked;
-use super::{CheckBlock, Observation, Resolved, Target, UrlField};
+use super::{CaField, CheckBlock, Observation, Resolved, Target, UrlField};
 use crate::api::GrpcCheck;
 use crate::health::Reason;
 use crate::policy::validate::{Errors, check_address};
@@ -15,11 +17,23 @@ impl CheckBlock for GrpcCheck {
         None
     }
 
-    fn target(&self, _resolved: Resolved, block: &str, errors: &mut Errors) -> Option<Target> {
+    fn ca_from(&self) -> Option<CaField<'_>> {
+        let from = self.tls.as_ref()?.ca_from.as_ref()?;
+        Some(CaField {
+            from,
+            at: "tls.caFrom",
+        })
+    }
+
+    fn target(&self, resolved: Resolved, block: &str, errors: &mut Errors) -> Option<Target> {
         check_address(&self.address, &format!("{block}.address"), errors);
+        let tls = self.tls.as_ref().map(|settings| {
+            ClientTls::validate(settings, resolved.ca, &format!("{block}.tls"), errors)
+        });
         Some(Target::Grpc {
             address: self.address.clone(),
             service: self.service.clone().unwrap_or_default(),
+            tls,
         })
     }
 }
@@ -53,6 +67,12 @@ impl GrpcProbe {
             Err(status) => {
                 if let Some(blocked) = Blocked::find(&status) {
                     return Observation::blocked(blocked);
+                }
+                if is_tls_error(&status) {
+                    return Observation::down(
+                        Reason::Tls,
+                        format!("{}: {}", status.code(), status.message()),
+                    );
                 }
                 let reason = match status.code() {
                     tonic::Code::Unavailable => Reason::Connect,

@@ -1,11 +1,15 @@
-//! `type: http`: a GET whose status (and optionally body) is checked.
+//! `type: http`: one request (GET by default) whose status, and optionally body and headers,
+//! are checked.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
+use super::client_tls::{ClientTls, is_tls_error};
 use super::guard::{Blocked, TargetGuard};
-use super::{CheckBlock, Observation, Resolved, Target, UrlField};
-use crate::api::HttpCheck;
+use super::http_assert::{self, Condition, Pattern};
+use super::http_request::RequestSpec;
+use super::{CaField, CheckBlock, Observation, Resolved, Target, UrlField};
+use crate::api::{HttpCheck, UrlFrom};
 use crate::health::Reason;
 use crate::policy::validate::{Errors, parse_status_ranges};
 use crate::secret::SecretUrl;
@@ -20,6 +24,11 @@ pub struct HttpTarget {
     pub url: SecretUrl,
     pub expect_status: Vec<(u16, u16)>,
     pub body_contains: Option<String>,
+    pub body_matches: Option<Pattern>,
+    pub conditions: Vec<Condition>,
+    pub request: RequestSpec,
+    /// Set when the check has `tls` settings; the probe then has a client of its own.
+    pub tls: Option<ClientTls>,
 }
 
 impl HttpTarget {
@@ -39,7 +48,34 @@ impl CheckBlock for HttpCheck {
         })
     }
 
+    fn ca_from(&self) -> Option<CaField<'_>> {
+        let from = self.tls.as_ref()?.ca_from.as_ref()?;
+        Some(CaField {
+            from,
+            at: "tls.caFrom",
+        })
+    }
+
+    fn values_from(&self) -> Vec<&UrlFrom> {
+        self.headers
+            .iter()
+            .filter_map(|h| h.value_from.as_ref())
+            .collect()
+    }
+
     fn target(&self, resolved: Resolved, block: &str, errors: &mut Errors) -> Option<Target> {
+        let request = RequestSpec::validate(self, resolved.values, block, errors);
+        let body_matches = self.body_matches.as_deref().and_then(|pattern| {
+            Pattern::new(pattern)
+                .map_err(|e| errors.push(format!("{block}.bodyMatches"), e))
+                .ok()
+        });
+        let conditions = self
+            .assertions
+            .iter()
+            .enumerate()
+            .filter_map(|(i, a)| Condition::validate(a, &format!("{block}.assert[{i}]"), errors))
+            .collect();
         let expect_status =
             match parse_status_ranges(self.expect_status.as_deref().unwrap_or("200-299")) {
                 Ok(ranges) => ranges,
@@ -48,16 +84,32 @@ impl CheckBlock for HttpCheck {
                     Vec::new()
                 }
             };
+        let tls = self.tls.as_ref().map(|settings| {
+            let path = format!("{block}.tls");
+            if !self
+                .url
+                .trim_start()
+                .to_ascii_lowercase()
+                .starts_with("https:")
+            {
+                errors.push(&path, "only an https URL uses TLS settings");
+            }
+            ClientTls::validate(settings, resolved.ca, &path, errors)
+        });
         Some(Target::Http(HttpTarget {
             url: resolved.url?,
             expect_status,
             body_contains: self.body_contains.clone(),
+            body_matches,
+            conditions,
+            request,
+            tls,
         }))
     }
 }
 
 pub struct HttpProbe {
-    client: reqwest::Client,
+    client: Result<reqwest::Client, String>,
     target: HttpTarget,
     guard: Option<Arc<TargetGuard>>,
 }
@@ -65,35 +117,46 @@ pub struct HttpProbe {
 impl HttpProbe {
     pub fn new(client: reqwest::Client, target: HttpTarget) -> Self {
         Self {
-            client,
+            client: Ok(client),
             target,
             guard: None,
         }
     }
 
-    /// A probe with its own client whose resolver asks the guard about every address. Its own,
-    /// because the resolver is told only the host name and the guard's API-server rule needs the
-    /// port too. No proxy: through one, the guard would judge the proxy's address, not the
-    /// target's. Redirects are never followed (see [`super::connections`]), so the URL's own
-    /// host is the only one connected to.
-    pub fn guarded(guard: Arc<TargetGuard>, target: HttpTarget) -> Self {
-        let port = reqwest::Url::parse(target.url.expose())
-            .ok()
-            .and_then(|u| u.port_or_known_default())
-            .unwrap_or(80);
-        let resolver = GuardedResolver {
-            guard: guard.clone(),
-            port,
-        };
-        let client = super::connections::http_builder()
-            .no_proxy()
-            .dns_resolver(Arc::new(resolver))
-            .build()
-            .expect("a client without custom TLS roots always builds");
+    /// A probe with its own client: for the check's `tls` settings, and with a guard, a
+    /// resolver that asks the guard about every address. Its own, because the resolver is told
+    /// only the host name and the guard's API-server rule needs the port too. No proxy when
+    /// guarded: through one, the guard would judge the proxy's address, not the target's.
+    /// Redirects are never followed (see [`super::connections`]), so the URL's own host is the
+    /// only one connected to.
+    pub fn own(guard: Option<Arc<TargetGuard>>, target: HttpTarget) -> Self {
+        let mut builder = super::connections::http_builder();
+        if let Some(guard) = &guard {
+            let port = reqwest::Url::parse(target.url.expose())
+                .ok()
+                .and_then(|u| u.port_or_known_default())
+                .unwrap_or(80);
+            let resolver = GuardedResolver {
+                guard: guard.clone(),
+                port,
+            };
+            builder = builder.no_proxy().dns_resolver(Arc::new(resolver));
+        }
+        let client = match &target.tls {
+            Some(tls) => tls
+                .config(&[b"http/1.1"])
+                .map(|config| builder.use_preconfigured_tls(config)),
+            None => Ok(builder),
+        }
+        .and_then(|builder| {
+            builder
+                .build()
+                .map_err(|e| format!("building the HTTP client: {e}"))
+        });
         Self {
             client,
             target,
-            guard: Some(guard),
+            guard,
         }
     }
 
@@ -120,7 +183,12 @@ impl HttpProbe {
         if let Err(blocked) = self.check_literal() {
             return Observation::blocked(&blocked);
         }
-        let mut response = match self.client.get(url.expose()).send().await {
+        let client = match &self.client {
+            Ok(client) => client,
+            Err(e) => return Observation::down(Reason::Config, e.clone()),
+        };
+        let request = self.target.request.build(client, url.expose());
+        let mut response = match request.send().await {
             Ok(response) => response,
             Err(e) => {
                 if let Some(blocked) = Blocked::find(&e) {
@@ -128,6 +196,8 @@ impl HttpProbe {
                 }
                 let reason = if e.is_timeout() {
                     Reason::Timeout
+                } else if is_tls_error(&e) {
+                    Reason::Tls
                 } else {
                     Reason::Connect
                 };
@@ -138,27 +208,51 @@ impl HttpProbe {
         if !self.target.accepts(status) {
             return Observation::down(Reason::Status, format!("unexpected status {status}"));
         }
-        if let Some(needle) = &self.target.body_contains {
-            let mut body = Vec::new();
-            while body.len() < MAX_BODY_BYTES {
-                match response.chunk().await {
-                    Ok(Some(chunk)) => body.extend_from_slice(&chunk),
-                    Ok(None) => break,
-                    Err(e) => {
-                        return Observation::down(
-                            Reason::Error,
-                            url.scrub(&e.without_url().to_string()),
-                        );
-                    }
+        let target = &self.target;
+        let headers: Vec<(String, String)> = response
+            .headers()
+            .iter()
+            .map(|(name, value)| {
+                let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
+                (name.as_str().to_string(), value)
+            })
+            .collect();
+        let needs_body = target.body_contains.is_some()
+            || http_assert::needs_body(&target.conditions, target.body_matches.as_ref());
+        let mut body = Vec::new();
+        while needs_body && body.len() < MAX_BODY_BYTES {
+            match response.chunk().await {
+                Ok(Some(chunk)) => body.extend_from_slice(&chunk),
+                Ok(None) => break,
+                Err(e) => {
+                    return Observation::down(
+                        Reason::Error,
+                        url.scrub(&e.without_url().to_string()),
+                    );
                 }
             }
-            body.truncate(MAX_BODY_BYTES);
-            if !String::from_utf8_lossy(&body).contains(needle.as_str()) {
-                return Observation::down(
-                    Reason::Body,
-                    format!("status {status}, body does not contain {needle:?}"),
-                );
-            }
+        }
+        body.truncate(MAX_BODY_BYTES);
+        let body = String::from_utf8_lossy(&body);
+        if let Some(needle) = &target.body_contains
+            && !body.contains(needle.as_str())
+        {
+            return Observation::down(
+                Reason::Body,
+                format!("status {status}, body does not contain {needle:?}"),
+            );
+        }
+        let failed = http_assert::failures(
+            &target.conditions,
+            target.body_matches.as_ref(),
+            &headers,
+            &body,
+        );
+        if !failed.is_empty() {
+            return Observation::down(
+                Reason::Assertion,
+                format!("status {status}, {}", failed.join("; ")),
+            );
         }
         Observation::ok(format!("status {status}"))
     }

@@ -3,11 +3,14 @@
 //! (timing, timeouts, thresholds and caching belong to the engine). This file lists the kinds;
 //! `api.rs` holds their wire types. CONTRIBUTING.md has the recipe for adding one.
 
+mod client_tls;
 mod connections;
 mod dns;
 mod grpc;
 mod guard;
 mod http;
+mod http_assert;
+mod http_request;
 mod policy;
 mod postgres;
 mod redis;
@@ -18,6 +21,7 @@ mod x509;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use client_tls::ClientTls;
 pub use connections::Connections;
 pub use dns::DnsTarget;
 pub use guard::{Blocked, Cidr, TargetGuard};
@@ -28,7 +32,7 @@ pub use tls::{CaBundle, TlsTarget};
 
 use crate::api::{CaFrom, DependencyType, UrlFrom};
 use crate::health::{Outcome, Reason};
-use crate::policy::validate::Errors;
+use crate::policy::validate::{Errors, UrlResolver};
 use crate::secret::SecretUrl;
 
 /// A kind's check block, as written under `dependencies[].<kind>`.
@@ -39,8 +43,14 @@ pub trait CheckBlock {
 
     /// Where the block's CA certificates come from, if it has any: declared here for the same
     /// reason as [`CheckBlock::url`].
-    fn ca_from(&self) -> Option<&CaFrom> {
+    fn ca_from(&self) -> Option<CaField<'_>> {
         None
+    }
+
+    /// Other values the block reads from an environment variable or a Secret (HTTP header
+    /// values), declared so Secret rotation follows them.
+    fn values_from(&self) -> Vec<&UrlFrom> {
+        Vec::new()
     }
 
     /// The checked, defaulted target, from what validation resolved for it. Problems go to
@@ -48,14 +58,21 @@ pub trait CheckBlock {
     fn target(&self, resolved: Resolved, block: &str, errors: &mut Errors) -> Option<Target>;
 }
 
-/// What validation resolved for a block. Each is `None` when the kind declares none, or when it
-/// did not resolve: that problem is already in the errors.
-#[derive(Default)]
-pub struct Resolved {
+/// A `caFrom` of a check block, and its path under the block (`caFrom`, `tls.caFrom`).
+pub struct CaField<'a> {
+    pub from: &'a CaFrom,
+    pub at: &'static str,
+}
+
+/// What validation resolved for a block. `url` and `ca` are `None` when the kind declares
+/// none, or when it did not resolve: that problem is already in the errors.
+pub struct Resolved<'a> {
     /// The resolved [`CheckBlock::url`].
     pub url: Option<SecretUrl>,
     /// The parsed [`CheckBlock::ca_from`].
     pub ca: Option<CaBundle>,
+    /// For the [`CheckBlock::values_from`] the block resolves itself (each at its own path).
+    pub values: &'a dyn UrlResolver,
 }
 
 /// A URL field of a check block: written inline or read from `urlFrom`.
@@ -70,13 +87,25 @@ pub struct UrlField<'a> {
 /// unresolved URL.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Target {
-    Postgres { url: SecretUrl },
-    Redis { url: SecretUrl },
+    Postgres {
+        url: SecretUrl,
+    },
+    Redis {
+        url: SecretUrl,
+    },
     RedisQueue(QueueTarget),
     Http(HttpTarget),
-    Tcp { address: String },
-    Grpc { address: String, service: String },
-    Policy { name: String },
+    Tcp {
+        address: String,
+    },
+    Grpc {
+        address: String,
+        service: String,
+        tls: Option<ClientTls>,
+    },
+    Policy {
+        name: String,
+    },
     Tls(TlsTarget),
     Dns(DnsTarget),
 }
@@ -115,7 +144,14 @@ impl Target {
                 None => t.address.clone(),
             },
             Target::Dns(d) => d.describe(),
-            Target::Grpc { address, service } => format!("{address} service={service:?}"),
+            Target::Grpc {
+                address,
+                service,
+                tls,
+            } => match tls {
+                Some(_) => format!("{address} service={service:?} tls"),
+                None => format!("{address} service={service:?}"),
+            },
             Target::Policy { name } => format!("policy {name}"),
         }
     }
@@ -125,7 +161,10 @@ impl Target {
         match self {
             Target::Postgres { url } | Target::Redis { url } => Some(SharedClient::Url(url)),
             Target::RedisQueue(q) => Some(SharedClient::Url(&q.url)),
-            Target::Grpc { address, .. } => Some(SharedClient::Address(address)),
+            Target::Grpc {
+                address, tls: None, ..
+            } => Some(SharedClient::Address(address)),
+            Target::Grpc { tls: Some(_), .. } => None,
             Target::Http(_)
             | Target::Tcp { .. }
             | Target::Tls(_)
@@ -232,13 +271,20 @@ impl Probe {
                     queue.clone(),
                 ))
             }
-            Target::Http(target) => Probe::Http(match guard {
-                Some(guard) => http::HttpProbe::guarded(guard, target.clone()),
-                None => http::HttpProbe::new(connections.http_client(), target.clone()),
+            Target::Http(target) => Probe::Http(match (guard, &target.tls) {
+                (None, None) => http::HttpProbe::new(connections.http_client(), target.clone()),
+                (guard, _) => http::HttpProbe::own(guard, target.clone()),
             }),
             Target::Tcp { address } => Probe::Tcp(tcp::TcpProbe::new(address.clone(), guard)),
-            Target::Grpc { address, service } => Probe::Grpc(grpc::GrpcProbe::new(
-                connections.grpc(address, timeout),
+            Target::Grpc {
+                address,
+                service,
+                tls,
+            } => Probe::Grpc(grpc::GrpcProbe::new(
+                match tls {
+                    None => connections.grpc(address, timeout),
+                    Some(tls) => connections::grpc_tls_channel(address, timeout, guard, tls),
+                },
                 service.clone(),
             )),
             Target::Policy { name } => Probe::Policy(policy::PolicyProbe::new(

@@ -19,7 +19,7 @@ use tokio::net::TcpStream;
 
 use super::guard::TargetGuard;
 use super::tcp::{connect_checked, split_host_port};
-use super::{CheckBlock, Observation, Resolved, Target, UrlField};
+use super::{CaField, CheckBlock, Observation, Resolved, Target, UrlField};
 use crate::api::TlsCheck;
 use crate::health::{Outcome, Reason};
 use crate::policy::duration;
@@ -58,7 +58,7 @@ impl CaBundle {
         Ok(Self(certificates.iter().map(|c| c.to_vec()).collect()))
     }
 
-    fn roots(&self) -> RootCertStore {
+    pub(super) fn roots(&self) -> RootCertStore {
         let mut roots = RootCertStore::empty();
         roots.add_parsable_certificates(self.0.iter().map(|c| CertificateDer::from(c.clone())));
         roots
@@ -78,8 +78,9 @@ impl CheckBlock for TlsCheck {
         None
     }
 
-    fn ca_from(&self) -> Option<&crate::api::CaFrom> {
-        self.ca_from.as_ref()
+    fn ca_from(&self) -> Option<CaField<'_>> {
+        let from = self.ca_from.as_ref()?;
+        Some(CaField { from, at: "caFrom" })
     }
 
     fn target(&self, resolved: Resolved, block: &str, errors: &mut Errors) -> Option<Target> {
@@ -302,12 +303,12 @@ fn with_context(
     observation
 }
 
-fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+pub(super) fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
 /// Read once: the system store does not change under a running process in any way we honour.
-fn system_roots() -> Arc<RootCertStore> {
+pub(super) fn system_roots() -> Arc<RootCertStore> {
     static ROOTS: OnceLock<Arc<RootCertStore>> = OnceLock::new();
     ROOTS
         .get_or_init(|| {
@@ -508,6 +509,12 @@ mod tests {
 
     #[test]
     fn ca_bundles_are_checked_without_quoting_them() {
+        let ca = include_str!("../policy/validate/testdata/ca.pem");
+        assert!(CaBundle::from_pem(ca).is_ok());
+        // A key beside the certificate is skipped, not an error.
+        let with_key =
+            format!("-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n{ca}");
+        assert!(CaBundle::from_pem(&with_key).is_ok());
         assert_eq!(
             CaBundle::from_pem("hunter2"),
             Err("no PEM CERTIFICATE block found".into())

@@ -66,8 +66,12 @@ pub fn references(spec: &HealthPolicySpec) -> impl Iterator<Item = &SecretKeyRef
             .filter_map(|kind| dep.block_of(kind))
             .flat_map(|block| {
                 let url = block.url().and_then(|u| u.from?.secret_key_ref.as_ref());
-                let ca = block.ca_from().and_then(|c| c.secret_key_ref.as_ref());
-                url.into_iter().chain(ca)
+                let ca = block.ca_from().and_then(|c| c.from.secret_key_ref.as_ref());
+                let values = block
+                    .values_from()
+                    .into_iter()
+                    .filter_map(|from| from.secret_key_ref.as_ref());
+                url.into_iter().chain(ca).chain(values)
             })
     })
 }
@@ -102,10 +106,13 @@ mod tests {
              - {name: d, type: redis, redis: {urlFrom: {env: REDIS_URL}}}\n\
              - {name: e, type: tcp, tcp: {address: 'db:5432'}}\n\
              - {name: f, type: tls, tls: {address: 'db:443', caFrom: {secretKeyRef: {name: ca, key: ca.crt}}}}\n\
-             - {name: g, type: tls, tls: {address: 'db:443'}}\n",
+             - {name: g, type: tls, tls: {address: 'db:443'}}\n\
+             - {name: h, type: http, http: {url: 'https://web/', tls: {caFrom: {secretKeyRef: {name: web-ca, key: ca.crt}}}}}\n\
+             - {name: i, type: grpc, grpc: {address: 'api:443', tls: {caFrom: {secretKeyRef: {name: api-ca, key: ca.crt}}}}}\n\
+             - {name: j, type: http, http: {url: 'http://web/', headers: [{name: Authorization, valueFrom: {secretKeyRef: {name: token, key: t}}}, {name: X-A, value: b}]}}\n",
         )
         .unwrap();
         let names: Vec<&str> = references(&spec).map(|r| r.name.as_str()).collect();
-        assert_eq!(names, ["pg", "rd", "q", "ca"]);
+        assert_eq!(names, ["pg", "rd", "q", "ca", "web-ca", "api-ca", "token"]);
     }
 }

@@ -110,10 +110,12 @@ pub enum Reason {
     Dns,
     /// The DNS answers differ from the expected set.
     UnexpectedAnswer,
+    /// An HTTP response failed a condition of `assert` or `bodyMatches`.
+    Assertion,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 18] = [
+    pub const ALL: [Reason; 19] = [
         Reason::Ok,
         Reason::Slow,
         Reason::QueueDepth,
@@ -132,6 +134,7 @@ impl Reason {
         Reason::CertExpiry,
         Reason::Dns,
         Reason::UnexpectedAnswer,
+        Reason::Assertion,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -154,6 +157,7 @@ impl Reason {
             Reason::CertExpiry => "cert_expiry",
             Reason::Dns => "dns",
             Reason::UnexpectedAnswer => "unexpected_answer",
+            Reason::Assertion => "assertion",
         }
     }
 }

@@ -15,7 +15,7 @@ use crate::api::{
     CaFrom, CheckDefaults, Dependency, DependencyType, FailureWindow, HealthPolicySpec,
     MAX_DEPENDENCIES, SuccessWindow, UrlFrom,
 };
-use crate::checks::{CaBundle, Resolved, UrlField};
+use crate::checks::{CaBundle, CaField, Resolved, UrlField};
 use crate::health::Window;
 use crate::secret::SecretUrl;
 
@@ -515,8 +515,13 @@ fn dependency(
             .and_then(|field| url(field, &block_path, urls, errors));
         let ca = block
             .ca_from()
-            .and_then(|from| ca_bundle(from, &block_path, urls, errors));
-        block.target(Resolved { url, ca }, &block_path, errors)
+            .and_then(|field| ca_bundle(field, &block_path, urls, errors));
+        let resolved = Resolved {
+            url,
+            ca,
+            values: urls,
+        };
+        block.target(resolved, &block_path, errors)
     });
     if errors.0.len() > before {
         return None;
@@ -597,17 +602,18 @@ fn url(
 }
 
 fn ca_bundle(
-    from: &CaFrom,
+    field: CaField,
     block: &str,
     urls: &dyn UrlResolver,
     errors: &mut Errors,
 ) -> Option<CaBundle> {
+    let CaField { from, at } = field;
     let path = match (&from.secret_key_ref, &from.file) {
-        (Some(_), None) => format!("{block}.caFrom.secretKeyRef"),
-        (None, Some(_)) => format!("{block}.caFrom.file"),
+        (Some(_), None) => format!("{block}.{at}.secretKeyRef"),
+        (None, Some(_)) => format!("{block}.{at}.file"),
         _ => {
             errors.push(
-                format!("{block}.caFrom"),
+                format!("{block}.{at}"),
                 "set exactly one of file or secretKeyRef",
             );
             return None;

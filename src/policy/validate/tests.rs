@@ -26,6 +26,33 @@ impl UrlResolver for Env {
     }
 }
 
+/// Resolves every Secret reference to a fixed value (a CA bundle for `caFrom`), for documents
+/// written for Kubernetes mode.
+struct AnySecret;
+
+impl UrlResolver for AnySecret {
+    fn resolve(&self, _: &UrlFrom) -> Result<String, String> {
+        Ok("Bearer example-token-value".into())
+    }
+
+    fn resolve_ca(&self, _: &CaFrom) -> Result<String, String> {
+        Ok(include_str!("testdata/ca.pem").into())
+    }
+}
+
+#[test]
+fn the_more_checks_example_is_valid() {
+    let text = include_str!("../../../examples/more-checks.yaml");
+    let policy: crate::api::HealthPolicy = serde_saphyr::from_str(text).expect("parses");
+    let valid = validate(&policy.spec, &AnySecret).expect("examples/more-checks.yaml is valid");
+    let kinds: Vec<&str> = valid
+        .dependencies
+        .iter()
+        .map(|d| d.target.kind().as_str())
+        .collect();
+    assert_eq!(kinds, ["tls", "dns", "dns", "http", "http", "grpc"]);
+}
+
 const ENV: Env = Env(&[("REDIS_URL", "redis://:hunter22@127.0.0.1:6379/0")]);
 
 fn spec(yaml: &str) -> HealthPolicySpec {
@@ -283,6 +310,32 @@ fn every_problem_is_reported_with_its_field_path() {
         (
             "dependencies: [{name: a, type: dns, dns: {name: db.example.test, recordType: AAAA, expect: [10.0.0.1]}}]",
             &["spec.dependencies[0].dns.expect[0]: \"10.0.0.1\" is not an IPv6 address"],
+        ),
+        (
+            "dependencies: [{name: a, type: http, http: {url: 'http://h/', tls: {insecureSkipVerify: true, caFrom: {file: garbage.pem}}}}]",
+            &[
+                "spec.dependencies[0].http.tls.caFrom.file: no PEM CERTIFICATE block found",
+                "spec.dependencies[0].http.tls: only an https URL uses TLS settings",
+                "spec.dependencies[0].http.tls: set caFrom or insecureSkipVerify, not both",
+            ],
+        ),
+        (
+            "dependencies: [{name: a, type: grpc, grpc: {address: 'h:1', tls: {caFrom: {file: /nope.pem}}}}]",
+            &["spec.dependencies[0].grpc.tls.caFrom.file: reading /nope.pem"],
+        ),
+        (
+            "dependencies: [{name: a, type: http, http: {url: 'http://h/', body: x, headers: [{name: 'bad name', value: v}, {name: X-Token, valueFrom: {env: NOPE}}, {name: X-A}, {name: X-B, value: \"a\\nb\"}], bodyMatches: '[', assert: [{jsonPointer: status, equals: UP}, {header: h, matches: '('}, {header: h}]}}]",
+            &[
+                "spec.dependencies[0].http.body: a body needs a method other than GET or HEAD",
+                "spec.dependencies[0].http.headers[0].name: \"bad name\" is not an HTTP header name",
+                "spec.dependencies[0].http.headers[1].valueFrom.env: environment variable NOPE is not set",
+                "spec.dependencies[0].http.headers[2]: set exactly one of value or valueFrom",
+                "spec.dependencies[0].http.headers[3].value: not a valid HTTP header value",
+                "spec.dependencies[0].http.bodyMatches: not a valid regular expression",
+                "spec.dependencies[0].http.assert[0].jsonPointer: \"status\" must be empty or start with '/' (RFC 6901)",
+                "spec.dependencies[0].http.assert[1].matches: not a valid regular expression",
+                "spec.dependencies[0].http.assert[2]: set exactly one of equals, oneOf (not empty) or matches",
+            ],
         ),
         (
             "dependencies: [{name: a, type: tcp, tcp: {address: 'nohost'}}]",
