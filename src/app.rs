@@ -94,33 +94,14 @@ pub async fn serve(args: ServeArgs) -> ExitCode {
             return ExitCode::from(EXIT_DOWN_OR_INVALID);
         }
     };
-    let listener = match TcpListener::bind(listen).await {
-        Ok(listener) => listener,
-        Err(e) => {
-            error!(%listen, error = %e, "cannot listen");
-            return ExitCode::from(EXIT_DOWN_OR_INVALID);
-        }
-    };
-    let metrics_listener = match metrics_listen {
-        None => None,
-        Some(address) => match TcpListener::bind(address).await {
-            Ok(listener) => Some(listener),
-            Err(e) => {
-                error!(listen = %address, error = %e, "cannot listen for /metrics");
+    let (listener, metrics_listener, grpc_listener) =
+        match bind_all(listen, metrics_listen, grpc_listen).await {
+            Ok(listeners) => listeners,
+            Err((address, purpose, e)) => {
+                error!(listen = %address, error = %e, "cannot listen for {purpose}");
                 return ExitCode::from(EXIT_DOWN_OR_INVALID);
             }
-        },
-    };
-    let grpc_listener = match grpc_listen {
-        None => None,
-        Some(address) => match TcpListener::bind(address).await {
-            Ok(listener) => Some(listener),
-            Err(e) => {
-                error!(listen = %address, error = %e, "cannot listen for gRPC health");
-                return ExitCode::from(EXIT_DOWN_OR_INVALID);
-            }
-        },
-    };
+        };
 
     let target_guard = source.target_guard(guard);
     match &target_guard {
@@ -233,6 +214,35 @@ pub async fn serve(args: ServeArgs) -> ExitCode {
     users.close().await;
     info!("stopped");
     ExitCode::from(EXIT_OK)
+}
+
+type Listeners = (TcpListener, Option<TcpListener>, Option<TcpListener>);
+
+/// Every listener before anything starts, so a taken port stops healthgate at once; the error
+/// names the address and what it was for.
+async fn bind_all(
+    main: SocketAddr,
+    metrics: Option<SocketAddr>,
+    grpc: Option<SocketAddr>,
+) -> Result<Listeners, (SocketAddr, &'static str, std::io::Error)> {
+    async fn bind(
+        address: SocketAddr,
+        purpose: &'static str,
+    ) -> Result<TcpListener, (SocketAddr, &'static str, std::io::Error)> {
+        TcpListener::bind(address)
+            .await
+            .map_err(|e| (address, purpose, e))
+    }
+    let main = bind(main, "HTTP").await?;
+    let metrics = match metrics {
+        Some(address) => Some(bind(address, "/metrics").await?),
+        None => None,
+    };
+    let grpc = match grpc {
+        Some(address) => Some(bind(address, "gRPC health").await?),
+        None => None,
+    };
+    Ok((main, metrics, grpc))
 }
 
 /// `--details` and friends. Kubernetes mode defaults to `authorized`: its port is reachable by
