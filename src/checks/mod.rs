@@ -11,6 +11,7 @@ mod guard;
 mod http;
 mod http_assert;
 mod http_request;
+mod mysql;
 mod postgres;
 mod redis;
 mod tcp;
@@ -102,6 +103,9 @@ pub enum Target {
     },
     Tls(TlsTarget),
     Dns(DnsTarget),
+    Mysql {
+        url: SecretUrl,
+    },
 }
 
 /// A client shared between probes, named by what opens it.
@@ -122,13 +126,16 @@ impl Target {
             Target::Grpc { .. } => DependencyType::Grpc,
             Target::Tls(_) => DependencyType::Tls,
             Target::Dns(_) => DependencyType::Dns,
+            Target::Mysql { .. } => DependencyType::Mysql,
         }
     }
 
     /// Where the check goes, safe to log: credentials redacted.
     pub fn describe(&self) -> String {
         match self {
-            Target::Postgres { url } | Target::Redis { url } => url.redacted(),
+            Target::Postgres { url } | Target::Redis { url } | Target::Mysql { url } => {
+                url.redacted()
+            }
             Target::RedisQueue(q) => format!("{} key={}", q.url.redacted(), q.key),
             Target::Http(h) => h.url.redacted(),
             Target::Tcp { address } => address.clone(),
@@ -151,7 +158,9 @@ impl Target {
     /// The pooled client the probe uses, if any; [`Connections::retain`] closes unused ones.
     pub fn shared_client(&self) -> Option<SharedClient<'_>> {
         match self {
-            Target::Postgres { url } | Target::Redis { url } => Some(SharedClient::Url(url)),
+            Target::Postgres { url } | Target::Redis { url } | Target::Mysql { url } => {
+                Some(SharedClient::Url(url))
+            }
             Target::RedisQueue(q) => Some(SharedClient::Url(&q.url)),
             Target::Grpc {
                 address, tls: None, ..
@@ -228,6 +237,7 @@ pub enum Probe {
     Grpc(grpc::GrpcProbe),
     Tls(tls::TlsProbe),
     Dns(dns::DnsProbe),
+    Mysql(mysql::MysqlProbe),
 }
 
 impl Probe {
@@ -270,6 +280,10 @@ impl Probe {
             )),
             Target::Tls(target) => Probe::Tls(tls::TlsProbe::new(target.clone(), guard)),
             Target::Dns(target) => Probe::Dns(dns::DnsProbe::new(target.clone(), timeout, guard)),
+            Target::Mysql { url } => Probe::Mysql(mysql::MysqlProbe::new(
+                mysql::source(connections, guard, url, timeout),
+                url.clone(),
+            )),
         }
     }
 
@@ -283,6 +297,7 @@ impl Probe {
             Probe::Grpc(p) => p.run().await,
             Probe::Tls(p) => p.run().await,
             Probe::Dns(p) => p.run().await,
+            Probe::Mysql(p) => p.run().await,
         }
     }
 }

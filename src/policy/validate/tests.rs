@@ -88,12 +88,13 @@ dependencies:
   - {name: billing, type: grpc, grpc: {address: "127.0.0.1:50051", service: ""}}
   - {name: api-cert, type: tls, critical: false, tls: {address: "api.example.com:443", degradedBefore: 14d, downBefore: 0s}}
   - {name: db-name, type: dns, critical: false, dns: {name: db.example.com, recordType: A, expect: ["10.0.0.5"], nameserver: "10.0.0.10:53"}}
+  - {name: orders, type: mysql, mysql: {url: "mysql://app@127.0.0.1:3306/orders"}}
 "#;
 
 #[test]
 fn the_documented_example_is_valid_and_defaulted() {
     let policy = validate(&spec(FULL), &ENV).expect("valid");
-    assert_eq!(policy.dependencies.len(), 8);
+    assert_eq!(policy.dependencies.len(), 9);
     let pg = &policy.dependencies[0];
     assert_eq!(pg.schedule.interval, Duration::from_secs(2));
     assert_eq!(pg.schedule.timeout, Duration::from_secs(1));
@@ -268,6 +269,10 @@ fn every_problem_is_reported_with_its_field_path() {
                 "spec.dependencies[0].http.assert[1].matches: not a valid regular expression",
                 "spec.dependencies[0].http.assert[2]: set exactly one of equals, oneOf (not empty) or matches",
             ],
+        ),
+        (
+            "dependencies: [{name: a, type: mysql, mysql: {url: 'postgres://h/db'}}]",
+            &["spec.dependencies[0].mysql.url: scheme \"postgres\" is not one of mysql, mariadb"],
         ),
         (
             "dependencies: [{name: a, type: tcp, tcp: {address: 'nohost'}}]",
