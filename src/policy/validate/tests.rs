@@ -31,8 +31,12 @@ impl UrlResolver for Env {
 struct AnySecret;
 
 impl UrlResolver for AnySecret {
-    fn resolve(&self, _: &UrlFrom) -> Result<String, String> {
-        Ok("Bearer example-token-value".into())
+    fn resolve(&self, from: &UrlFrom) -> Result<String, String> {
+        let key = from.secret_key_ref.as_ref().map_or("", |r| r.key.as_str());
+        Ok(match key {
+            "url" => "mysql://orders:example-password@orders-db:3306/orders".into(),
+            _ => "Bearer example-token-value".into(),
+        })
     }
 
     fn resolve_ca(&self, _: &CaFrom) -> Result<String, String> {
@@ -50,7 +54,10 @@ fn the_more_checks_example_is_valid() {
         .iter()
         .map(|d| d.target.kind().as_str())
         .collect();
-    assert_eq!(kinds, ["tls", "dns", "dns", "http", "http", "grpc"]);
+    assert_eq!(
+        kinds,
+        ["tls", "dns", "dns", "http", "http", "grpc", "mysql"]
+    );
 }
 
 const ENV: Env = Env(&[("REDIS_URL", "redis://:hunter22@127.0.0.1:6379/0")]);
