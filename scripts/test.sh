@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 
 step() { printf '\n==> %s (%ss)\n' "$1" "$SECONDS"; }
 
-step "system packages: postgresql, redis, prometheus, wrk, openssl, dnsmasq"
+step "system packages: postgresql, redis, mariadb, prometheus, wrk, openssl, dnsmasq"
 scripts/install-deps.sh
 step "observability tools: rotel, OTLP sink deps, @grafana/schema"
 scripts/install-test-tools.sh

@@ -52,7 +52,7 @@ pub fn crd_yaml() -> String {
     namespaced,
     status = "HealthPolicyStatus",
     derive = "PartialEq",
-    doc = "HealthPolicy declares a service's dependencies (databases, caches, queues, HTTP, TCP, gRPC and TLS endpoints, DNS names) and how their health maps to the service's readiness.",
+    doc = "HealthPolicy declares a service's dependencies (databases (PostgreSQL, MySQL, MariaDB), caches, queues, HTTP, TCP, gRPC and TLS endpoints, DNS names) and how their health maps to the service's readiness.",
     printcolumn(
         name = "Ready",
         type_ = "string",
@@ -289,10 +289,12 @@ pub enum DependencyType {
     Tls,
     /// A DNS lookup, optionally compared with the expected answers.
     Dns,
+    /// MySQL or MariaDB: runs `SELECT 1` on a pooled connection.
+    Mysql,
 }
 
 impl DependencyType {
-    pub const ALL: [DependencyType; 9] = [
+    pub const ALL: [DependencyType; 10] = [
         Self::Postgres,
         Self::Redis,
         Self::RedisQueue,
@@ -302,6 +304,7 @@ impl DependencyType {
         Self::Policy,
         Self::Tls,
         Self::Dns,
+        Self::Mysql,
     ];
 
     /// The YAML spelling, which is also the name of the matching check block.
@@ -316,6 +319,7 @@ impl DependencyType {
             Self::Policy => "policy",
             Self::Tls => "tls",
             Self::Dns => "dns",
+            Self::Mysql => "mysql",
         }
     }
 }
@@ -401,6 +405,9 @@ pub struct Dependency {
     /// Settings for `type: dns`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dns: Option<DnsCheck>,
+    /// Settings for `type: mysql`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mysql: Option<MysqlCheck>,
 }
 
 impl Dependency {
@@ -419,6 +426,7 @@ impl Dependency {
             DependencyType::Policy => dyn_block(&self.policy),
             DependencyType::Tls => dyn_block(&self.tls),
             DependencyType::Dns => dyn_block(&self.dns),
+            DependencyType::Mysql => dyn_block(&self.mysql),
         }
     }
 }
@@ -464,6 +472,20 @@ pub struct SecretKeyRef {
 #[x_kube(validation = Rule::new("has(self.url) != has(self.urlFrom)").message("set exactly one of url or urlFrom"))]
 pub struct PostgresCheck {
     /// Connection URL, `postgres://user@host:port/db`. Prefer urlFrom for URLs with a password.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// Reads the connection URL from an environment variable or a Secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url_from: Option<UrlFrom>,
+}
+
+/// A MySQL or MariaDB connection to check with `SELECT 1`.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.url) != has(self.urlFrom)").message("set exactly one of url or urlFrom"))]
+pub struct MysqlCheck {
+    /// Connection URL, `mysql://user@host:port/db` (`mariadb://` too). Prefer urlFrom for URLs
+    /// with a password.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
     /// Reads the connection URL from an environment variable or a Secret.

@@ -347,8 +347,11 @@ async fn invalid_policies_are_rejected_naming_the_field() {
         ),
         (
             "unknown dependency type",
-            json!({"dependencies": [{"name": "db", "type": "mysql", "tcp": {"address": "db:3306"}}]}),
-            vec!["spec.dependencies[0].type", "Unsupported value: \"mysql\""],
+            json!({"dependencies": [{"name": "db", "type": "mongodb", "tcp": {"address": "db:27017"}}]}),
+            vec![
+                "spec.dependencies[0].type",
+                "Unsupported value: \"mongodb\"",
+            ],
         ),
         (
             "duration without unit",

@@ -128,6 +128,10 @@ fn standalone_flags_block_metadata_denied_cidrs_and_names_without_connecting() {
         ),
         grpc("meta-grpc", &format!("{METADATA}:{m}")),
         tls("meta-tls", &format!("{METADATA}:{m}")),
+        policy::dep(
+            "meta-mysql",
+            &format!("type: mysql, mysql: {{url: 'mysql://app:{PASSWORD}@{METADATA}:{m}/app'}}"),
+        ),
         dns("meta-dns", &format!("{METADATA}:{m}")),
         policy::postgres(
             "meta-postgres",
@@ -206,6 +210,10 @@ fn standalone_flags_block_metadata_denied_cidrs_and_names_without_connecting() {
         ),
         (
             "meta-dns",
+            "169.254.169.254 is link-local (denied by default)",
+        ),
+        (
+            "meta-mysql",
             "169.254.169.254 is link-local (denied by default)",
         ),
         (

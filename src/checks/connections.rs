@@ -1,4 +1,4 @@
-//! Clients shared by every checker: one sqlx pool per PostgreSQL URL and one Redis
+//! Clients shared by every checker: one sqlx pool per PostgreSQL or MySQL URL and one Redis
 //! `ConnectionManager` per Redis URL (redis and redisQueue checks of the same server share it),
 //! one HTTP client, one gRPC channel per address. All are created lazily, so building them never
 //! blocks on a dependency, and all reconnect by themselves when a dependency comes back.
@@ -16,6 +16,7 @@ use tokio_util::either::Either;
 use tonic::codegen::http::Uri;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use sqlx::mysql::{MySqlConnectOptions, MySqlPool, MySqlPoolOptions};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use tonic::transport::{Channel, Endpoint};
 
@@ -40,6 +41,7 @@ pub type RedisClient = Result<ConnectionManager, String>;
 #[derive(Default)]
 pub struct Connections {
     postgres: Mutex<HashMap<SecretUrl, PgPool>>,
+    mysql: Mutex<HashMap<SecretUrl, MySqlPool>>,
     redis: Mutex<HashMap<SecretUrl, RedisClient>>,
     grpc: Mutex<HashMap<String, Result<Channel, String>>>,
     http: Mutex<Option<reqwest::Client>>,
@@ -69,6 +71,20 @@ impl Connections {
             .parse()
             .map_err(|e: sqlx::Error| url.scrub(&e.to_string()))?;
         let pool = postgres_pool(options, timeout);
+        pools.insert(url.clone(), pool.clone());
+        Ok(pool)
+    }
+
+    pub fn mysql(&self, url: &SecretUrl, timeout: Duration) -> Result<MySqlPool, String> {
+        let mut pools = self.mysql.lock().expect("connections lock");
+        if let Some(pool) = pools.get(url) {
+            return Ok(pool.clone());
+        }
+        let options: MySqlConnectOptions = url
+            .expose()
+            .parse()
+            .map_err(|e: sqlx::Error| url.scrub(&e.to_string()))?;
+        let pool = mysql_pool(options, timeout);
         pools.insert(url.clone(), pool.clone());
         Ok(pool)
     }
@@ -132,6 +148,10 @@ impl Connections {
             .lock()
             .expect("connections lock")
             .retain(|url, _| urls.contains(url));
+        self.mysql
+            .lock()
+            .expect("connections lock")
+            .retain(|url, _| urls.contains(url));
         self.redis
             .lock()
             .expect("connections lock")
@@ -146,6 +166,16 @@ impl Connections {
     pub async fn close(&self) {
         let pools: Vec<PgPool> = self
             .postgres
+            .lock()
+            .expect("connections lock")
+            .drain()
+            .map(|(_, p)| p)
+            .collect();
+        for pool in pools {
+            pool.close().await;
+        }
+        let pools: Vec<MySqlPool> = self
+            .mysql
             .lock()
             .expect("connections lock")
             .drain()
@@ -170,6 +200,18 @@ pub fn postgres_pool(options: PgConnectOptions, timeout: Duration) -> PgPool {
         // `SELECT 1` is the test; a ping before it would double the statements per check.
         .test_before_acquire(false)
         .connect_lazy_with(options.application_name("healthgate"))
+}
+
+/// A check's MySQL pool, shared or pinned; the same sizing as [`postgres_pool`], for the same
+/// reasons. Lazy: it connects on the first check.
+pub fn mysql_pool(options: MySqlConnectOptions, timeout: Duration) -> MySqlPool {
+    MySqlPoolOptions::new()
+        .max_connections(CHECK_POOL_SIZE)
+        .min_connections(0)
+        .acquire_timeout(timeout)
+        .idle_timeout(CHECK_POOL_IDLE)
+        .test_before_acquire(false)
+        .connect_lazy_with(options)
 }
 
 /// A check's Redis connection manager, shared or pinned. Lazy: it connects on the first command.

@@ -11,6 +11,7 @@ mod guard;
 mod http;
 mod http_assert;
 mod http_request;
+mod mysql;
 mod policy;
 mod postgres;
 mod redis;
@@ -108,6 +109,9 @@ pub enum Target {
     },
     Tls(TlsTarget),
     Dns(DnsTarget),
+    Mysql {
+        url: SecretUrl,
+    },
 }
 
 /// A client shared between probes, named by what opens it.
@@ -129,13 +133,16 @@ impl Target {
             Target::Policy { .. } => DependencyType::Policy,
             Target::Tls(_) => DependencyType::Tls,
             Target::Dns(_) => DependencyType::Dns,
+            Target::Mysql { .. } => DependencyType::Mysql,
         }
     }
 
     /// Where the check goes, safe to log: credentials redacted.
     pub fn describe(&self) -> String {
         match self {
-            Target::Postgres { url } | Target::Redis { url } => url.redacted(),
+            Target::Postgres { url } | Target::Redis { url } | Target::Mysql { url } => {
+                url.redacted()
+            }
             Target::RedisQueue(q) => format!("{} key={}", q.url.redacted(), q.key),
             Target::Http(h) => h.url.redacted(),
             Target::Tcp { address } => address.clone(),
@@ -159,7 +166,9 @@ impl Target {
     /// The pooled client the probe uses, if any; [`Connections::retain`] closes unused ones.
     pub fn shared_client(&self) -> Option<SharedClient<'_>> {
         match self {
-            Target::Postgres { url } | Target::Redis { url } => Some(SharedClient::Url(url)),
+            Target::Postgres { url } | Target::Redis { url } | Target::Mysql { url } => {
+                Some(SharedClient::Url(url))
+            }
             Target::RedisQueue(q) => Some(SharedClient::Url(&q.url)),
             Target::Grpc {
                 address, tls: None, ..
@@ -241,6 +250,7 @@ pub enum Probe {
     Policy(policy::PolicyProbe),
     Tls(tls::TlsProbe),
     Dns(dns::DnsProbe),
+    Mysql(mysql::MysqlProbe),
 }
 
 impl Probe {
@@ -294,6 +304,10 @@ impl Probe {
             )),
             Target::Tls(target) => Probe::Tls(tls::TlsProbe::new(target.clone(), guard)),
             Target::Dns(target) => Probe::Dns(dns::DnsProbe::new(target.clone(), timeout, guard)),
+            Target::Mysql { url } => Probe::Mysql(mysql::MysqlProbe::new(
+                mysql::source(connections, guard, url, timeout),
+                url.clone(),
+            )),
         }
     }
 
@@ -308,6 +322,7 @@ impl Probe {
             Probe::Policy(p) => p.run().await,
             Probe::Tls(p) => p.run().await,
             Probe::Dns(p) => p.run().await,
+            Probe::Mysql(p) => p.run().await,
         }
     }
 }

@@ -109,10 +109,14 @@ mod tests {
              - {name: g, type: tls, tls: {address: 'db:443'}}\n\
              - {name: h, type: http, http: {url: 'https://web/', tls: {caFrom: {secretKeyRef: {name: web-ca, key: ca.crt}}}}}\n\
              - {name: i, type: grpc, grpc: {address: 'api:443', tls: {caFrom: {secretKeyRef: {name: api-ca, key: ca.crt}}}}}\n\
-             - {name: j, type: http, http: {url: 'http://web/', headers: [{name: Authorization, valueFrom: {secretKeyRef: {name: token, key: t}}}, {name: X-A, value: b}]}}\n",
+             - {name: j, type: http, http: {url: 'http://web/', headers: [{name: Authorization, valueFrom: {secretKeyRef: {name: token, key: t}}}, {name: X-A, value: b}]}}\n\
+             - {name: k, type: mysql, mysql: {urlFrom: {secretKeyRef: {name: my, key: url}}}}\n",
         )
         .unwrap();
         let names: Vec<&str> = references(&spec).map(|r| r.name.as_str()).collect();
-        assert_eq!(names, ["pg", "rd", "q", "ca", "web-ca", "api-ca", "token"]);
+        assert_eq!(
+            names,
+            ["pg", "rd", "q", "ca", "web-ca", "api-ca", "token", "my"]
+        );
     }
 }

@@ -4,6 +4,7 @@ pub mod apiserver;
 pub mod dns;
 pub mod healthgate;
 pub mod kube_env;
+pub mod mariadb;
 pub mod netns;
 pub mod node;
 pub mod policy;

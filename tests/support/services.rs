@@ -63,7 +63,7 @@ fn server_user() -> Option<User> {
     }
 }
 
-fn own_process_group(cmd: &mut Command) {
+pub fn own_process_group(cmd: &mut Command) {
     cmd.process_group(0);
     // SAFETY: only async-signal-safe prctl between fork and exec.
     #[allow(unsafe_code)] // The harness sets PDEATHSIG in the child; see SAFETY above.

@@ -31,8 +31,12 @@ impl UrlResolver for Env {
 struct AnySecret;
 
 impl UrlResolver for AnySecret {
-    fn resolve(&self, _: &UrlFrom) -> Result<String, String> {
-        Ok("Bearer example-token-value".into())
+    fn resolve(&self, from: &UrlFrom) -> Result<String, String> {
+        let key = from.secret_key_ref.as_ref().map_or("", |r| r.key.as_str());
+        Ok(match key {
+            "url" => "mysql://orders:example-password@orders-db:3306/orders".into(),
+            _ => "Bearer example-token-value".into(),
+        })
     }
 
     fn resolve_ca(&self, _: &CaFrom) -> Result<String, String> {
@@ -50,7 +54,10 @@ fn the_more_checks_example_is_valid() {
         .iter()
         .map(|d| d.target.kind().as_str())
         .collect();
-    assert_eq!(kinds, ["tls", "dns", "dns", "http", "http", "grpc"]);
+    assert_eq!(
+        kinds,
+        ["tls", "dns", "dns", "http", "http", "grpc", "mysql"]
+    );
 }
 
 const ENV: Env = Env(&[("REDIS_URL", "redis://:hunter22@127.0.0.1:6379/0")]);
@@ -88,12 +95,13 @@ dependencies:
   - {name: billing, type: grpc, grpc: {address: "127.0.0.1:50051", service: ""}}
   - {name: api-cert, type: tls, critical: false, tls: {address: "api.example.com:443", degradedBefore: 14d, downBefore: 0s}}
   - {name: db-name, type: dns, critical: false, dns: {name: db.example.com, recordType: A, expect: ["10.0.0.5"], nameserver: "10.0.0.10:53"}}
+  - {name: orders, type: mysql, mysql: {url: "mysql://app@127.0.0.1:3306/orders"}}
 "#;
 
 #[test]
 fn the_documented_example_is_valid_and_defaulted() {
     let policy = validate(&spec(FULL), &ENV).expect("valid");
-    assert_eq!(policy.dependencies.len(), 8);
+    assert_eq!(policy.dependencies.len(), 9);
     let pg = &policy.dependencies[0];
     assert_eq!(pg.schedule.interval, Duration::from_secs(2));
     assert_eq!(pg.schedule.timeout, Duration::from_secs(1));
@@ -336,6 +344,10 @@ fn every_problem_is_reported_with_its_field_path() {
                 "spec.dependencies[0].http.assert[1].matches: not a valid regular expression",
                 "spec.dependencies[0].http.assert[2]: set exactly one of equals, oneOf (not empty) or matches",
             ],
+        ),
+        (
+            "dependencies: [{name: a, type: mysql, mysql: {url: 'postgres://h/db'}}]",
+            &["spec.dependencies[0].mysql.url: scheme \"postgres\" is not one of mysql, mariadb"],
         ),
         (
             "dependencies: [{name: a, type: tcp, tcp: {address: 'nohost'}}]",

@@ -1,0 +1,113 @@
+//! `type: mysql` against a real MariaDB server the test starts: ok, frozen (SIGSTOP) →
+//! timeout, stopped → connect then timeout, restarted on the same port → ok; a wrong password and a database
+//! the user may not use → auth; the password never shows.
+
+mod support;
+
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::Value;
+use support::healthgate::{BIN, Healthgate};
+use support::mariadb::{MYSQL_PASSWORD, Mariadb};
+
+fn policy(deps: &str) -> String {
+    format!(
+        "apiVersion: healthgate.dev/v1alpha1\nkind: HealthPolicy\nmetadata: {{name: sql}}\nspec:\n  \
+         defaults: {{interval: 300ms, timeout: 700ms}}\n  dependencies:\n{deps}"
+    )
+}
+
+fn checks(hg: &Healthgate) -> Value {
+    hg.get("/ready").json()["checks"].clone()
+}
+
+fn wait_for(hg: &Healthgate, what: &str, name: &str, status: &str, reason: &str) -> Value {
+    hg.wait_until(what, Duration::from_secs(20), |hg| {
+        let check = &checks(hg)[name];
+        check["status"] == status && check["reason"] == reason
+    });
+    checks(hg)[name].clone()
+}
+
+#[test]
+fn mysql_check_follows_the_server_through_freeze_stop_and_restart() {
+    let mut db = Mariadb::start();
+    let wrong = db.url().replace(MYSQL_PASSWORD, "not-the-password");
+    let other_db = format!("mysql://app:{MYSQL_PASSWORD}@127.0.0.1:{}/mysql", db.port);
+    let deps = format!(
+        "    - {{name: db, type: mysql, mysql: {{urlFrom: {{env: HG_MYSQL_URL}}}}}}\n    \
+         - {{name: wrong-password, type: mysql, critical: false, mysql: {{url: '{wrong}'}}}}\n    \
+         - {{name: other-db, type: mysql, critical: false, mysql: {{url: '{other_db}'}}}}\n"
+    );
+    let hg = Healthgate::start(&policy(&deps), &[("HG_MYSQL_URL", &db.url())], &[]);
+    let ok = wait_for(&hg, "db ok", "db", "ok", "ok");
+    assert!(
+        ok["detail"].as_str().unwrap().starts_with("pool size="),
+        "{ok}"
+    );
+    let wrong = wait_for(
+        &hg,
+        "wrong password refused",
+        "wrong-password",
+        "down",
+        "auth",
+    );
+    assert!(
+        wrong["error"].as_str().unwrap().contains("Access denied"),
+        "{wrong}"
+    );
+    let other = wait_for(&hg, "other database refused", "other-db", "down", "auth");
+    assert!(
+        other["error"].as_str().unwrap().contains("Access denied"),
+        "{other}"
+    );
+
+    db.pause();
+    let frozen = wait_for(&hg, "a frozen server times out", "db", "down", "timeout");
+    assert_eq!(frozen["error"], "no answer within 700ms", "{frozen}");
+    db.resume();
+    wait_for(&hg, "resumed", "db", "ok", "ok");
+
+    db.stop();
+    // The first check after the stop finds its pooled connection closed (connect); later ones
+    // wait for the pool, which retries a refused connection until the timeout (timeout).
+    wait_for(&hg, "a stopped server is down", "db", "down", "connect");
+    wait_for(&hg, "still stopped", "db", "down", "timeout");
+    db.restart();
+    wait_for(&hg, "restarted on the same port", "db", "ok", "ok");
+
+    let everything = [
+        hg.get("/ready").body,
+        hg.get("/metrics").body,
+        hg.logs().join("\n"),
+    ];
+    for output in everything {
+        assert!(
+            !output.contains(MYSQL_PASSWORD),
+            "the password leaked: {output}"
+        );
+    }
+}
+
+#[test]
+fn check_command_runs_a_mysql_policy() {
+    let db = Mariadb::start();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("policy.yaml");
+    let deps = "    - {name: db, type: mysql, mysql: {urlFrom: {env: HG_MYSQL_URL}}}\n";
+    std::fs::write(&path, policy(deps)).unwrap();
+    let out = Command::new(BIN)
+        .args(["check", "--policy", path.to_str().unwrap()])
+        .env("HG_MYSQL_URL", db.url())
+        .output()
+        .unwrap();
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (out.status.code(), report["status"].as_str()),
+        (Some(0), Some("ok")),
+        "{report}"
+    );
+    assert!(!String::from_utf8_lossy(&out.stdout).contains(MYSQL_PASSWORD));
+    assert!(!String::from_utf8_lossy(&out.stderr).contains(MYSQL_PASSWORD));
+}
