@@ -58,6 +58,11 @@ impl UrlResolver for EnvUrls {
         };
         // A CA bundle is a few KiB; the policy file's limit is plenty and stops a wrong path
         // (a disk image, /dev/zero) from being read whole.
+        // A FIFO or a device would block or never end; a CA bundle is a regular file.
+        let metadata = std::fs::metadata(file).map_err(|e| format!("reading {file}: {e}"))?;
+        if !metadata.is_file() {
+            return Err(format!("{file} is not a regular file"));
+        }
         let mut text = String::new();
         std::fs::File::open(file)
             .and_then(|f| f.take(MAX_POLICY_BYTES + 1).read_to_string(&mut text))
@@ -483,6 +488,38 @@ pub async fn watch(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ca_files_must_be_regular_files() {
+        let from = |file: &str| CaFrom {
+            secret_key_ref: None,
+            file: Some(file.into()),
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let pem = dir.path().join("ca.pem");
+        std::fs::write(&pem, "-----BEGIN CERTIFICATE-----\n").unwrap();
+        let pem = pem.to_str().unwrap();
+        assert_eq!(
+            EnvUrls.resolve_ca(&from(pem)).unwrap(),
+            "-----BEGIN CERTIFICATE-----\n"
+        );
+        let cases = [
+            ("/dev/zero", "/dev/zero is not a regular file".to_string()),
+            (
+                dir.path().to_str().unwrap(),
+                format!("{} is not a regular file", dir.path().display()),
+            ),
+        ];
+        for (file, message) in cases {
+            assert_eq!(EnvUrls.resolve_ca(&from(file)), Err(message));
+        }
+        assert!(
+            EnvUrls
+                .resolve_ca(&from("/nope.pem"))
+                .unwrap_err()
+                .starts_with("reading /nope.pem: ")
+        );
+    }
 
     const POLICY: &str = "apiVersion: healthgate.dev/v1alpha1\nkind: HealthPolicy\nmetadata: {name: p}\nspec:\n  dependencies: [{name: a, type: tcp, tcp: {address: 'h:1'}}]\n";
 

@@ -263,10 +263,12 @@ impl TlsProbe {
         match handshake {
             Ok(mut tls) => {
                 let (_, session) = tls.get_ref();
+                // rustls spells it `TLSv1_3`; people write TLSv1.3.
                 let version = session
                     .protocol_version()
                     .and_then(|v| v.as_str())
-                    .unwrap_or("TLS");
+                    .unwrap_or("TLS")
+                    .replace('_', ".");
                 let leaf = session.peer_certificates().and_then(|c| c.first());
                 let observation = match leaf.map(|c| super::x509::not_after(c)) {
                     Some(Ok(not_after)) => judge_expiry(not_after, now, &self.target),
@@ -274,7 +276,7 @@ impl TlsProbe {
                     None => Observation::down(Reason::Tls, "the server sent no certificate"),
                 };
                 let _ = tls.shutdown().await;
-                with_context(observation, version, peer)
+                with_context(observation, &version, peer)
             }
             Err(e) => match e.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>()) {
                 // Expiry is judged by the windows, with the date; everything else is `tls`.
