@@ -62,31 +62,13 @@ impl Connections {
     }
 
     pub fn postgres(&self, url: &SecretUrl, timeout: Duration) -> Result<PgPool, String> {
-        let mut pools = self.postgres.lock().expect("connections lock");
-        if let Some(pool) = pools.get(url) {
-            return Ok(pool.clone());
-        }
-        let options: PgConnectOptions = url
-            .expose()
-            .parse()
-            .map_err(|e: sqlx::Error| url.scrub(&e.to_string()))?;
-        let pool = postgres_pool(options, timeout);
-        pools.insert(url.clone(), pool.clone());
-        Ok(pool)
+        shared_pool(&self.postgres, url, |options| {
+            postgres_pool(options, timeout)
+        })
     }
 
     pub fn mysql(&self, url: &SecretUrl, timeout: Duration) -> Result<MySqlPool, String> {
-        let mut pools = self.mysql.lock().expect("connections lock");
-        if let Some(pool) = pools.get(url) {
-            return Ok(pool.clone());
-        }
-        let options: MySqlConnectOptions = url
-            .expose()
-            .parse()
-            .map_err(|e: sqlx::Error| url.scrub(&e.to_string()))?;
-        let pool = mysql_pool(options, timeout);
-        pools.insert(url.clone(), pool.clone());
-        Ok(pool)
+        shared_pool(&self.mysql, url, |options| mysql_pool(options, timeout))
     }
 
     pub fn redis(&self, url: &SecretUrl) -> RedisClient {
@@ -187,6 +169,29 @@ impl Connections {
         self.redis.lock().expect("connections lock").clear();
         self.grpc.lock().expect("connections lock").clear();
     }
+}
+
+/// The pool every check of `url` shares, made on first use from the URL's connect options.
+fn shared_pool<O, P>(
+    pools: &Mutex<HashMap<SecretUrl, P>>,
+    url: &SecretUrl,
+    build: impl FnOnce(O) -> P,
+) -> Result<P, String>
+where
+    O: std::str::FromStr<Err = sqlx::Error>,
+    P: Clone,
+{
+    let mut pools = pools.lock().expect("connections lock");
+    if let Some(pool) = pools.get(url) {
+        return Ok(pool.clone());
+    }
+    let options: O = url
+        .expose()
+        .parse()
+        .map_err(|e: sqlx::Error| url.scrub(&e.to_string()))?;
+    let pool = build(options);
+    pools.insert(url.clone(), pool.clone());
+    Ok(pool)
 }
 
 /// A check's PostgreSQL pool, shared or pinned to an address (see [`super::guard::ClientSource`]).

@@ -15,6 +15,7 @@ mod mysql;
 mod policy;
 mod postgres;
 mod redis;
+mod sql;
 mod tcp;
 mod tls;
 mod x509;

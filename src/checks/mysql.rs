@@ -9,7 +9,6 @@ use super::connections::{Connections, mysql_pool};
 use super::guard::{ClientSource, PreCheck, TargetGuard};
 use super::{CheckBlock, Observation, Resolved, Target, UrlField};
 use crate::api::MysqlCheck;
-use crate::health::Reason;
 use crate::policy::validate::Errors;
 use crate::secret::SecretUrl;
 
@@ -79,45 +78,14 @@ impl MysqlProbe {
             Ok(pool) => pool,
             Err(observation) => return observation,
         };
-        let mut result = select_one(&pool).await;
-        // As for postgres: a pooled connection that died with a restarted server gets one
-        // retry on a fresh connection within the same timeout.
-        if matches!(&result, Err(e) if is_broken_connection(e)) {
-            result = select_one(&pool).await;
-        }
-        match result {
-            Ok(()) => Observation::ok(format!(
-                "pool size={} idle={}",
-                pool.size(),
-                pool.num_idle()
-            )),
-            Err(e) => Observation::down(classify(&e), self.url.scrub(&e.to_string())),
-        }
+        super::sql::probe(&pool, &self.url, is_auth).await
     }
 }
 
-async fn select_one(pool: &MySqlPool) -> Result<(), sqlx::Error> {
-    // The text protocol: no prepared statement to set up and close per check.
-    sqlx::raw_sql("SELECT 1").execute(pool).await.map(drop)
-}
-
-fn is_broken_connection(error: &sqlx::Error) -> bool {
-    matches!(error, sqlx::Error::Io(_) | sqlx::Error::Protocol(_))
-}
-
-fn classify(error: &sqlx::Error) -> Reason {
-    match error {
-        sqlx::Error::PoolTimedOut => Reason::Timeout,
-        sqlx::Error::Io(_) | sqlx::Error::Tls(_) => Reason::Connect,
-        // SQLSTATE 28000: access denied (error 1045, a wrong password or an unknown user);
-        // 42000 with error 1044: the user may not use the database.
-        sqlx::Error::Database(e)
-            if e.code().is_some_and(|c| c.starts_with("28")) || is_db_access_denied(e.as_ref()) =>
-        {
-            Reason::Auth
-        }
-        _ => Reason::Error,
-    }
+/// SQLSTATE 28000: access denied (error 1045, a wrong password or an unknown user); 42000 with
+/// error 1044: the user may not use the database.
+fn is_auth(error: &dyn sqlx::error::DatabaseError) -> bool {
+    error.code().is_some_and(|c| c.starts_with("28")) || is_db_access_denied(error)
 }
 
 fn is_db_access_denied(error: &dyn sqlx::error::DatabaseError) -> bool {

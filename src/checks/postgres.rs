@@ -9,7 +9,6 @@ use super::connections::{Connections, postgres_pool};
 use super::guard::{ClientSource, PreCheck, TargetGuard};
 use super::{CheckBlock, Observation, Resolved, Target, UrlField};
 use crate::api::PostgresCheck;
-use crate::health::Reason;
 use crate::policy::validate::Errors;
 use crate::secret::SecretUrl;
 
@@ -83,39 +82,11 @@ impl PostgresProbe {
             Ok(pool) => pool,
             Err(observation) => return observation,
         };
-        let pool = &pool;
-        let mut result = select_one(pool).await;
-        // A pooled connection that died with a restarted server says nothing about the new
-        // server; one retry on a fresh connection does (the engine's timeout still bounds both).
-        if matches!(&result, Err(e) if is_broken_connection(e)) {
-            result = select_one(pool).await;
-        }
-        match result {
-            Ok(()) => Observation::ok(format!(
-                "pool size={} idle={}",
-                pool.size(),
-                pool.num_idle()
-            )),
-            Err(e) => Observation::down(classify(&e), self.url.scrub(&e.to_string())),
-        }
+        super::sql::probe(&pool, &self.url, is_auth).await
     }
 }
 
-async fn select_one(pool: &PgPool) -> Result<(), sqlx::Error> {
-    // The simple-query protocol: one statement per check, no prepare/describe round trips.
-    sqlx::raw_sql("SELECT 1").execute(pool).await.map(drop)
-}
-
-fn is_broken_connection(error: &sqlx::Error) -> bool {
-    matches!(error, sqlx::Error::Io(_) | sqlx::Error::Protocol(_))
-}
-
-fn classify(error: &sqlx::Error) -> Reason {
-    match error {
-        sqlx::Error::PoolTimedOut => Reason::Timeout,
-        sqlx::Error::Io(_) | sqlx::Error::Tls(_) => Reason::Connect,
-        // SQLSTATE class 28: invalid authorization specification (wrong password, no such role).
-        sqlx::Error::Database(e) if e.code().is_some_and(|c| c.starts_with("28")) => Reason::Auth,
-        _ => Reason::Error,
-    }
+/// SQLSTATE class 28: invalid authorization specification (wrong password, no such role).
+fn is_auth(error: &dyn sqlx::error::DatabaseError) -> bool {
+    error.code().is_some_and(|c| c.starts_with("28"))
 }
