@@ -179,8 +179,8 @@ pub struct CascadeProtection {
 #[x_kube(validation = Rule::new(NOT_BOTH_FAILURE_RULES).message("set failureThreshold or failureWindow, not both"))]
 #[x_kube(validation = Rule::new(NOT_BOTH_SUCCESS_RULES).message("set successThreshold or successWindow, not both"))]
 pub struct CheckDefaults {
-    /// Time between two checks of a dependency (a random jitter of up to 10% is added),
-    /// 100ms-1h. Default 5s.
+    /// Time between two checks of a dependency, 100ms-1h. Default 5s. Each dependency runs at
+    /// its own fixed offset within the interval, so checks spread evenly.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = DURATION_PATTERN), length(max = DURATION_MAX_LEN))]
     #[x_kube(validation = Rule::new(MAX_INTERVAL_RULE).message("must be at most 1h"))]

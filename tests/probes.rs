@@ -85,11 +85,21 @@ fn redis_outage_downs_and_recovery_readies_without_restart() {
     // A restarted Postgres is picked up too, through the same pool.
     let mut pg = pg;
     pg.restart();
-    hg.wait_ready_status(200, Duration::from_secs(15));
-    assert_eq!(
-        hg.get("/ready").json()["checks"]["postgres"]["status"],
-        "ok"
+    let restarted = chrono::Utc::now();
+    hg.wait_until(
+        "an ok postgres check after the restart",
+        Duration::from_secs(15),
+        |hg| {
+            let ready = hg.get("/ready").json();
+            let postgres = &ready["checks"]["postgres"];
+            postgres["status"] == "ok"
+                && postgres["checked_at"]
+                    .as_str()
+                    .and_then(|at| chrono::DateTime::parse_from_rfc3339(at).ok())
+                    .is_some_and(|at| at > restarted)
+        },
     );
+    hg.wait_ready_status(200, Duration::from_secs(5));
 }
 
 #[test]

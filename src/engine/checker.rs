@@ -5,22 +5,17 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use rand::Rng;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, Span, debug, field, info, warn};
 
 use super::PolicyKey;
+use super::flight::{Flight, Run};
 use super::metrics::{CheckLabels, CheckMetrics, outcome_str};
 use super::ready_cache::Generation;
-use crate::checks::{Observation, Probe};
+use super::schedule::Clock;
+use crate::checks::Observation;
 use crate::health::{Hysteresis, Outcome, Reason, State};
 use crate::policy::DependencySpec;
-
-/// Spreads checks of many dependencies (and replicas) so they do not hit a server in lockstep.
-/// Jitter only shortens the period, so the detection bounds in the README hold.
-const JITTER_FRACTION: f64 = 0.1;
-/// The first check of a new checker starts within this window rather than all at once.
-const FIRST_CHECK_SPREAD: Duration = Duration::from_millis(50);
 
 /// The latest published result of a checker; what /ready reads.
 #[derive(Clone, Debug)]
@@ -64,7 +59,11 @@ impl CheckRecord {
 pub struct Checker {
     pub key: PolicyKey,
     pub spec: DependencySpec,
-    pub probe: Probe,
+    /// The probe, shared with identical checkers of other policies.
+    pub flight: Arc<Flight>,
+    pub clock: Arc<Clock>,
+    /// Where in the interval this checker runs (see `schedule.rs`).
+    pub phase: Duration,
     pub slot: Slot,
     /// Bumped after every publish, so the cached /ready answer is redone.
     pub published: Arc<Generation>,
@@ -81,31 +80,40 @@ impl Checker {
         info!(policy = %self.key, dependency = %self.spec.name, endpoint = %self.spec.target.describe(), "checker started");
         let schedule = &self.spec.schedule;
         let mut hysteresis = Hysteresis::new(schedule.failing, schedule.recovering);
-        let mut next = Instant::now() + spread(FIRST_CHECK_SPREAD);
+        let now = Instant::now();
+        let carried = self.slot.lock().expect("check slot lock").is_some();
+        let mut planned = if carried {
+            self.clock.next_run(self.phase, schedule.interval, now)
+        } else {
+            self.clock.first_run(self.phase, schedule.interval, now)
+        };
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => break,
-                _ = tokio::time::sleep_until(next.into()) => {}
+                _ = tokio::time::sleep_until(planned.into()) => {}
             }
-            let started = Instant::now();
+            self.metrics
+                .observe_lag(Instant::now().saturating_duration_since(planned));
             let span = self.check_span();
-            let probe = tokio::time::timeout(self.spec.schedule.timeout, self.probe.run());
-            let observation = tokio::select! {
+            let run = tokio::select! {
                 _ = cancel.cancelled() => break,
-                observed = probe.instrument(span.clone()) => {
-                    observed.unwrap_or_else(|_| Observation::timed_out(self.spec.schedule.timeout))
-                }
+                run = self.flight.run(planned).instrument(span.clone()) => run,
             };
-            let latency = started.elapsed();
+            let Run {
+                started,
+                latency,
+                observation,
+            } = run;
             let observation = self.slow_is_degraded(observation, latency);
             let previous = hysteresis.state();
             let state = hysteresis.observe(observation.outcome);
             // Decided by this result, so the first failure is confirmed at the retry pace.
-            let period = match schedule.retry_interval {
-                Some(retry) if hysteresis.unsettled() => retry,
-                _ => schedule.interval,
+            planned = match schedule.retry_interval {
+                Some(retry) if hysteresis.unsettled() => started.max(planned) + retry,
+                _ => self
+                    .clock
+                    .next_run(self.phase, schedule.interval, Instant::now()),
             };
-            next = started + jittered(period);
             span.in_scope(|| {
                 record_check(&span, &observation, state);
                 self.publish(&observation, state, previous, latency, started);
@@ -213,12 +221,4 @@ fn record_check(span: &Span, observation: &Observation, state: State) {
             span.record("otel.status_description", error.as_str());
         }
     }
-}
-
-fn jittered(interval: Duration) -> Duration {
-    interval.mul_f64(1.0 - rand::rng().random_range(0.0..JITTER_FRACTION))
-}
-
-fn spread(window: Duration) -> Duration {
-    window.mul_f64(rand::rng().random_range(0.0..1.0))
 }

@@ -5,7 +5,9 @@
 use std::time::Duration;
 
 use chrono::Utc;
-use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry};
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+};
 
 use super::PolicyKey;
 use crate::checks::Observation;
@@ -15,6 +17,11 @@ use crate::metrics::registered;
 /// Check latencies span sub-millisecond pings to multi-second timeouts.
 const CHECK_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+/// How late a check starts: a healthy scheduler stays in the lowest buckets; seconds mean the
+/// process cannot keep up with its checks.
+const LAG_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
 ];
 const DEPENDENCY_LABELS: &[&str] = &["namespace", "policy", "name"];
 const KIND_LABELS: &[&str] = &["namespace", "policy", "name", "type"];
@@ -32,6 +39,10 @@ pub struct CheckMetrics {
     cascade_active: IntGaugeVec,
     maintenance_active: IntGaugeVec,
     upstream: IntGaugeVec,
+    /// One series each, not per dependency: with 10,000 checks, per-check series of these would
+    /// be most of /metrics and say little the duration histogram does not.
+    check_lag: Histogram,
+    checks_running: IntGauge,
 }
 
 /// The label values of one checker, fixed for its life.
@@ -144,7 +155,34 @@ impl CheckMetrics {
                 "1 while a maintenance window covering this dependency is open (a failure then degrades instead of downing), else 0. Only for policies with maintenance windows.",
                 DEPENDENCY_LABELS,
             ),
+            check_lag: registered(
+                registry,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "healthgate_check_lag_seconds",
+                        "How late checks start: actual start minus planned start, in seconds.",
+                    )
+                    .buckets(LAG_BUCKETS.to_vec()),
+                )
+                .expect("valid metric"),
+            ),
+            checks_running: registered(
+                registry,
+                IntGauge::new(
+                    "healthgate_checks_running",
+                    "Probe runs in progress now (a run shared by identical checks counts once).",
+                )
+                .expect("valid metric"),
+            ),
         }
+    }
+
+    pub fn observe_lag(&self, lag: Duration) {
+        self.check_lag.observe(lag.as_secs_f64());
+    }
+
+    pub fn running(&self) -> &IntGauge {
+        &self.checks_running
     }
 
     /// One finished check run.

@@ -5,9 +5,11 @@
 //! one, and cascade protection asks [`Engine::critical_down`].
 
 mod checker;
+mod flight;
 mod metrics;
 mod ready_cache;
 mod report;
+mod schedule;
 mod snapshot;
 mod upstream;
 pub use upstream::cycle_error;
@@ -25,10 +27,12 @@ use tracing::info;
 
 pub use checker::CheckRecord;
 use checker::{Checker, Slot};
+use flight::{FlightKey, Flights};
 pub use metrics::CheckMetrics;
 use ready_cache::ReadyCache;
 pub use ready_cache::Rendered;
 pub use report::{CheckView, Report, View};
+use schedule::Clock;
 pub use snapshot::{DependencyView, PolicySnapshot};
 
 use crate::checks::{Connections, Probe, TargetGuard, Upstreams};
@@ -157,6 +161,8 @@ struct Inner {
     policies: RwLock<BTreeMap<PolicyKey, RunningPolicy>>,
     ready: ReadyCache,
     connections: Connections,
+    flights: Flights,
+    clock: Arc<Clock>,
     metrics: CheckMetrics,
     cancel: CancellationToken,
     tasks: TaskTracker,
@@ -194,6 +200,8 @@ impl Engine {
                 policies: RwLock::default(),
                 ready: ReadyCache::default(),
                 connections: Connections::new(guard),
+                flights: Flights::default(),
+                clock: Arc::default(),
                 metrics,
                 cancel: CancellationToken::new(),
                 tasks: TaskTracker::new(),
@@ -451,15 +459,25 @@ impl Engine {
     ) -> RunningCheck {
         let slot: Slot = Arc::new(Mutex::new(carried));
         let cancel = self.inner.cancel.child_token();
+        let flight_key = FlightKey::new(key, spec);
+        let phase = self.inner.clock.phase(&flight_key, spec.schedule.interval);
+        let flight = self
+            .inner
+            .flights
+            .join(flight_key, self.inner.metrics.running(), || {
+                Probe::new(
+                    &spec.target,
+                    spec.schedule.timeout,
+                    &self.inner.connections,
+                    &self.upstreams(&key.namespace),
+                )
+            });
         let checker = Checker {
             key: key.clone(),
             spec: spec.clone(),
-            probe: Probe::new(
-                &spec.target,
-                spec.schedule.timeout,
-                &self.inner.connections,
-                &self.upstreams(&key.namespace),
-            ),
+            flight,
+            clock: self.inner.clock.clone(),
+            phase,
             slot: slot.clone(),
             published: self.inner.ready.generation(),
             metrics: self.inner.metrics.clone(),
