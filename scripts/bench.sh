@@ -39,6 +39,12 @@ wait_http "http://$bare_addr/" "${svc_pids[-1]}"
 until [ "$(curl -s -o /dev/null -w '%{http_code}' "http://$hg_addr/api/users/bench")" = 404 ]; do sleep 0.2; done
 psql -h 127.0.0.1 -p "$pg_port" -U app -d demo -qc "INSERT INTO users (id, email) VALUES ('bench', 'bench@example.com')"
 sleep 1.5
+# A second baseline sends exactly /ready's bytes, so the body's size is not mistaken for cost.
+curl -s "http://$hg_addr/ready" >"$svc_dir/ready-body.json"
+same_addr="127.0.0.1:$(free_port)"
+target/release/examples/bare_warp "$same_addr" "$svc_dir/ready-body.json" &
+same_pid=$!; svc_pids+=($same_pid)
+wait_http "http://$same_addr/" "$same_pid"
 
 # CPU time (user + system) a process has used, in clock ticks, from /proc/PID/stat.
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
@@ -69,6 +75,7 @@ read -r bare_rps bare_p99 _ bare_cpu < <(measure "http://$bare_addr/" "$bare_pid
 pg0=$(pg_statements); r0=$(redis_cmds); sleep "$duration"; pg1=$(pg_statements); r1=$(redis_cmds)
 read -r ready_rps ready_p99 ready_non2xx ready_cpu < <(measure "http://$hg_addr/ready" "$hg_pid")
 pg2=$(pg_statements); r2=$(redis_cmds)
+read -r same_rps same_p99 _ same_cpu < <(measure "http://$same_addr/" "$same_pid")
 read -r health_rps health_p99 _ health_cpu < <(measure "http://$hg_addr/health" "$hg_pid")
 read -r metrics_rps metrics_p99 _ metrics_cpu < <(measure "http://$hg_addr/metrics" "$hg_pid")
 read -r users_rps users_p99 _ users_cpu < <(measure "http://$hg_addr/api/users/bench" "$hg_pid")
@@ -80,15 +87,17 @@ base_cpu=$(python3 -c "print(($bare_cpu + $bare2_cpu) / 2)")
 
 row() { python3 -c "print(f'| $1 | {$2:,.0f} | {$2/$base_rps:.2f}x | {$3:.2f} | {$3/$base_p99:.2f}x | {$4:.1f} | {$4/$base_cpu:.2f}x |')"; }
 echo
-echo "wrk -t$threads -c$connections -d${duration}s on loopback, $(nproc) cores shared by client and server; baseline = bare warp static JSON 200 (mean of a run before and after); server CPU = utime+stime from /proc over the run / requests"
+echo "wrk -t$threads -c$connections -d${duration}s on loopback, $(nproc) cores shared by client and server; baseline = bare warp answering a static 15-byte JSON 200 (mean of a run before and after); server CPU = utime+stime from /proc over the run / requests"
 echo
 echo "| endpoint | req/s | vs bare | p99 ms | p99 vs bare | server CPU µs/req | CPU vs bare |"
 echo "|---|---|---|---|---|---|---|"
 row "bare warp (baseline)" "$base_rps" "$base_p99" "$base_cpu"
 row "/health" "$health_rps" "$health_p99" "$health_cpu"
 row "/ready" "$ready_rps" "$ready_p99" "$ready_cpu"
+row "bare warp, /ready body ($(stat -c %s "$svc_dir/ready-body.json") bytes)" "$same_rps" "$same_p99" "$same_cpu"
 row "/metrics" "$metrics_rps" "$metrics_p99" "$metrics_cpu"
 row "/api/users/{{id}}" "$users_rps" "$users_p99" "$users_cpu"
+python3 -c "print(f'/ready against bare warp sending the same bytes: {$ready_rps/$same_rps:.2f}x req/s, {$ready_cpu/$same_cpu:.2f}x CPU/req')"
 echo
 echo "/ready non-2xx responses during its run: $ready_non2xx (the policy is all-ok, so 0 expected)"
 echo "dependency load over ${duration}s: idle: postgres $((pg1 - pg0)) statements, redis $((r1 - r0)) commands;" \

@@ -2,10 +2,11 @@
 //! changes: a checker publishes, a policy is applied or removed, or a result turns stale. Probes
 //! then cost a reference count instead of a report and a JSON encoding.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
+use arc_swap::ArcSwapOption;
 use bytes::Bytes;
 use tokio::sync::watch;
 
@@ -57,12 +58,14 @@ impl Generation {
     }
 }
 
-/// One entry per [`View`]: callers with and without details each get a cached body.
+/// One entry per [`View`]: callers with and without details each get a cached body. The
+/// entries are swapped, not locked: a read lock's shared counter would bounce between the cores
+/// that serve probes on every request.
 #[derive(Default)]
 pub struct ReadyCache {
     generation: Arc<Generation>,
-    full: RwLock<Option<Cached>>,
-    status_only: RwLock<Option<Cached>>,
+    full: ArcSwapOption<Cached>,
+    status_only: ArcSwapOption<Cached>,
 }
 
 impl ReadyCache {
@@ -87,18 +90,18 @@ impl ReadyCache {
             View::Full => &self.full,
             View::StatusOnly => &self.status_only,
         };
-        if let Some(cached) = slot.read().expect("ready cache lock").as_ref()
+        if let Some(cached) = slot.load().as_deref()
             && cached.generation == generation
             && cached.expires.is_none_or(|at| now < at)
         {
             return cached.rendered.clone();
         }
         let (rendered, expires) = render();
-        *slot.write().expect("ready cache lock") = Some(Cached {
+        slot.store(Some(Arc::new(Cached {
             generation,
             expires,
             rendered: rendered.clone(),
-        });
+        })));
         rendered
     }
 }

@@ -174,7 +174,9 @@ impl Exposure {
         else {
             return false;
         };
-        authorizer.allows(token, resource).await
+        // Boxed: a review is a Kubernetes API call, a future several kilobytes large, and
+        // unboxed it would be built and moved on every probe request that never reaches it.
+        Box::pin(authorizer.allows(token, resource)).await
     }
 }
 
