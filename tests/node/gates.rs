@@ -74,16 +74,28 @@ fn install_rbac(node: &Node, ns: &str, dir: &std::path::Path) -> std::path::Path
     std::fs::write(&path, serde_json::to_vec(&config).unwrap()).unwrap();
     // What the component grants and nothing more on pods.
     let sa = format!("system:serviceaccount:{ns}:healthgate");
-    for (verb, resource, allowed) in [
-        ("watch", "pods", "yes"),
-        ("patch", "pods/status", "yes"),
-        ("patch", "pods", "no"),
-        ("delete", "pods", "no"),
-        ("create", "pods", "no"),
+    for (verb, subresource, allowed) in [
+        ("watch", "", "yes"),
+        ("patch", "status", "yes"),
+        ("update", "status", "no"),
+        ("patch", "", "no"),
+        ("delete", "", "no"),
+        ("create", "", "no"),
     ] {
-        let out = node.kubectl(&["auth", "can-i", verb, resource, "-n", ns, "--as", &sa]);
+        let subresource = format!("--subresource={subresource}");
+        let out = node.kubectl(&[
+            "auth",
+            "can-i",
+            verb,
+            "pods",
+            &subresource,
+            "-n",
+            ns,
+            "--as",
+            &sa,
+        ]);
         let answer = String::from_utf8_lossy(&out.stdout).trim().to_string();
-        assert_eq!(answer, allowed, "can {sa} {verb} {resource}?");
+        assert_eq!(answer, allowed, "can {sa} {verb} pods ({subresource})?");
     }
     path
 }
