@@ -292,6 +292,7 @@ async fn readiness_gates_take_every_pod_out_and_back_without_restarts() {
     store.wait_until_ready().await.expect("pod watch");
     let old: Vec<String> = store.state().iter().map(|p| p.name_any()).collect();
     node.kubectl_ok(&["scale", "deployment/gated", "-n", &ns, "--replicas=20"]);
+    let scaled = Instant::now();
     let mut seen: BTreeMap<String, Instant> = BTreeMap::new();
     let mut gated_after: BTreeMap<String, Duration> = BTreeMap::new();
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -329,6 +330,10 @@ async fn readiness_gates_take_every_pod_out_and_back_without_restarts() {
         r.len() == 20
     })
     .await;
+    eprintln!(
+        "gates: scaled 3 → 20: 20 endpoints ready {:.1?} after `kubectl scale`",
+        scaled.elapsed()
+    );
     let with_20 = statements_during(&pg, window);
     let per_interval = window.as_secs_f64() / INTERVAL.as_secs_f64();
     eprintln!(
