@@ -440,6 +440,73 @@ async fn an_edit_reaches_a_live_checker_within_a_second() {
     drop(listener);
 }
 
+/// The default install grants nothing on pods; an overlay with manifests/pod-gates adds exactly
+/// the pod rules readiness gates need, in the served namespace (and the cluster-wide component
+/// the same as a ClusterRole).
+fn pod_gates_are_a_separate_component(server: &support::apiserver::ApiServer, base: &[Value]) {
+    let rules_on_pods = |docs: &[Value]| -> Vec<Value> {
+        docs.iter()
+            .filter(|d| d["kind"] == "Role" || d["kind"] == "ClusterRole")
+            .flat_map(|d| d["rules"].as_array().cloned().unwrap_or_default())
+            .filter(|r| {
+                r["resources"].as_array().is_some_and(|res| {
+                    res.iter()
+                        .any(|x| x.as_str().is_some_and(|x| x.starts_with("pods")))
+                })
+            })
+            .collect()
+    };
+    assert!(
+        rules_on_pods(base).is_empty(),
+        "the default install grants pods"
+    );
+    let overlay = tempfile::tempdir().unwrap();
+    // kustomize takes only relative paths to other kustomizations.
+    let up = "../".repeat(overlay.path().components().count() - 1);
+    let repo = format!("{up}{}", support::apiserver::REPO.trim_start_matches('/'));
+    for (base, component, role) in [
+        ("manifests/base", "manifests/pod-gates", "Role"),
+        (
+            "manifests/cluster-wide",
+            "manifests/pod-gates-cluster-wide",
+            "ClusterRole",
+        ),
+    ] {
+        std::fs::write(
+            overlay.path().join("kustomization.yaml"),
+            format!("resources: [{repo}/{base}]\ncomponents: [{repo}/{component}]\n"),
+        )
+        .unwrap();
+        let built = server.kubectl_ok(&["kustomize", &overlay.path().display().to_string()]);
+        let docs: Vec<Value> = serde_saphyr::from_multiple(&built).unwrap();
+        let gates = docs
+            .iter()
+            .find(|d| d["kind"] == role && d["metadata"]["name"] == "healthgate-pod-gates")
+            .unwrap_or_else(|| panic!("no {role} healthgate-pod-gates in {component}"));
+        if role == "Role" {
+            assert_eq!(gates["metadata"]["namespace"], "healthgate");
+        }
+        let rules: Vec<(Value, Value)> = rules_on_pods(&docs)
+            .into_iter()
+            .map(|r| (r["resources"].clone(), r["verbs"].clone()))
+            .collect();
+        assert_eq!(
+            rules,
+            [
+                (
+                    serde_json::json!(["pods"]),
+                    serde_json::json!(["get", "list", "watch"])
+                ),
+                (
+                    serde_json::json!(["pods/status"]),
+                    serde_json::json!(["patch"])
+                ),
+            ],
+            "{component}"
+        );
+    }
+}
+
 /// `kubectl apply -k manifests/` works on a real API server, and the examples apply too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn manifests_build_offline_and_apply() {
@@ -490,6 +557,7 @@ async fn manifests_build_offline_and_apply() {
     assert!(
         cluster_wide.contains("kind: ClusterRole\n") && cluster_wide.contains("--all-namespaces")
     );
+    pod_gates_are_a_separate_component(server, &docs);
     let out = server.kubectl_stdin(&["apply", "-f", "-"], &built);
     assert!(
         out.status.success(),
