@@ -737,3 +737,106 @@ fn kubernetes_mode_without_a_cluster_exits_2() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("Kubernetes"), "{stderr}");
 }
+
+/// The one call readiness gates make (controller/gates/patcher.rs), against the real API
+/// server: it sets only the `healthgate.dev/ready` condition (the kubelet's stay), replaces it in
+/// place, and refuses a pod recreated under the same name (another uid).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_gate_patch_touches_one_condition_of_the_planned_pod_only() {
+    use healthgate::controller::gates::decide::{self, Gate, Write};
+    use healthgate::controller::gates::patcher;
+    use k8s_openapi::api::core::v1::Pod;
+    use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+
+    let server = support::apiserver::server();
+    let ns = server.namespace("gate-patch").await;
+    let client = server.client().await;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "app"},
+        "spec": {
+            "containers": [{"name": "app", "image": "localhost/app:1"}],
+            "readinessGates": [{"conditionType": decide::CONDITION}],
+        },
+    }))
+    .unwrap();
+    let uid = pods
+        .create(&PostParams::default(), &pod)
+        .await
+        .unwrap()
+        .metadata
+        .uid
+        .unwrap();
+    // What a kubelet would have written.
+    pods.patch_status(
+        "app",
+        &PatchParams::default(),
+        &Patch::Strategic(json!({"status": {"conditions": [
+            {"type": "ContainersReady", "status": "True"},
+            {"type": "Ready", "status": "False", "reason": "ReadinessGatesNotReady"},
+        ]}})),
+    )
+    .await
+    .unwrap();
+    let write = |uid: &str, ready: bool| Write {
+        namespace: ns.clone(),
+        name: "app".into(),
+        uid: uid.into(),
+        condition: decide::change(
+            None,
+            &Gate {
+                ready,
+                reason: if ready { "PolicyOk" } else { "DependencyDown" },
+                message: format!("HealthPolicy {ns}/p"),
+            },
+            k8s_openapi::jiff::Timestamp::now(),
+        )
+        .unwrap(),
+    };
+    let conditions = || async {
+        let pod = pods.get("app").await.unwrap();
+        let mut seen: Vec<(String, String)> = pod
+            .status
+            .unwrap()
+            .conditions
+            .unwrap_or_default()
+            .into_iter()
+            .map(|c| (c.type_, c.status))
+            .collect();
+        seen.sort();
+        seen
+    };
+    let expect = |gate: &str| {
+        vec![
+            ("ContainersReady".to_string(), "True".to_string()),
+            ("Ready".to_string(), "False".to_string()),
+            (decide::CONDITION.to_string(), gate.to_string()),
+        ]
+    };
+
+    patcher::patch(&client, &write(&uid, true)).await.unwrap();
+    assert_eq!(conditions().await, expect("True"));
+    patcher::patch(&client, &write(&uid, false)).await.unwrap();
+    assert_eq!(
+        conditions().await,
+        expect("False"),
+        "replaced in place, once"
+    );
+
+    let error = patcher::patch(
+        &client,
+        &write("0c0ffee0-0000-4000-8000-000000000000", true),
+    )
+    .await
+    .expect_err("another pod's uid");
+    assert!(!patcher::is_gone(&error), "{error}");
+    assert_eq!(conditions().await, expect("False"), "unchanged");
+
+    pods.delete("app", &DeleteParams::default().grace_period(0))
+        .await
+        .unwrap();
+    let error = patcher::patch(&client, &write(&uid, true))
+        .await
+        .expect_err("the pod is gone");
+    assert!(patcher::is_gone(&error), "{error}");
+}

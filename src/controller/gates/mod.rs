@@ -13,7 +13,7 @@
 
 pub mod decide;
 mod metrics;
-mod patcher;
+pub mod patcher;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
