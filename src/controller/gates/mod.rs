@@ -15,7 +15,7 @@ pub mod decide;
 mod metrics;
 pub mod patcher;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -39,6 +39,10 @@ use crate::engine::PolicyKey;
 /// Without any event, gates are recomputed this often: the safety net for a missed wake-up and
 /// what keeps the age metric moving.
 const TICK: Duration = Duration::from_secs(1);
+/// Passes are at least this far apart: every check result of every policy wakes the loop, and
+/// a burst of them (many policies, a relist of many pods) should cost one pass, not one each.
+/// Well inside the 2 s a new pod may wait for its gate.
+const MIN_PASS: Duration = Duration::from_millis(100);
 /// Patches in flight at once. The budget bounds the rate; this only hides round-trip latency
 /// when many pods change together.
 const CONCURRENCY: usize = 8;
@@ -74,6 +78,7 @@ pub async fn run(
     let mut written: HashMap<String, (PodCondition, Instant)> = HashMap::new();
     let mut pace = Pace::new(settings.qps, settings.burst, Instant::now());
     let mut next = TICK;
+    let mut last_pass = Instant::now();
     loop {
         tokio::select! {
             _ = cancel.cancelled() => break,
@@ -85,6 +90,14 @@ pub async fn run(
             _ = tokio::time::sleep(next) => {}
         }
         next = TICK;
+        let since = last_pass.elapsed();
+        if since < MIN_PASS {
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                _ = tokio::time::sleep(MIN_PASS - since) => {}
+            }
+        }
+        last_pass = Instant::now();
         if !*leader.borrow_and_update() {
             if !watches.is_empty() {
                 info!(
@@ -112,9 +125,9 @@ pub async fn run(
 
         let now = Instant::now();
         let pods = gated_pods(&ctx, &watches, &written, now);
+        let present: HashSet<&str> = pods.iter().map(|(p, _)| p.uid.as_str()).collect();
         written.retain(|uid, (_, at)| {
-            pods.iter().any(|(p, _)| &p.uid == uid)
-                && now.duration_since(*at) < decide::OWN_WRITE_MEMORY
+            present.contains(uid.as_str()) && now.duration_since(*at) < decide::OWN_WRITE_MEMORY
         });
         metrics
             .gated_pods
@@ -147,10 +160,16 @@ pub async fn run(
             .buffer_unordered(CONCURRENCY)
             .collect()
             .await;
+        let (mut opened, mut closed) = (0usize, 0usize);
         for (write, result) in outcomes {
             match result {
                 Ok(()) => {
                     metrics.written(true);
+                    if write.condition.status == "True" {
+                        opened += 1;
+                    } else {
+                        closed += 1;
+                    }
                     debug!(pod = %write.name, namespace = %write.namespace, status = %write.condition.status, "pod gate written");
                     written.insert(write.uid.clone(), (write.condition, Instant::now()));
                 }
@@ -160,6 +179,15 @@ pub async fn run(
                     warn!(pod = %write.name, namespace = %write.namespace, error = %e, "could not write the pod gate; will retry");
                 }
             }
+        }
+        if opened + closed > 0 {
+            // One line per pass, not per pod: a flip of a thousand pods is one story.
+            info!(
+                ready = opened,
+                not_ready = closed,
+                pending = planned.len().saturating_sub(opened + closed),
+                "pod gates written"
+            );
         }
         metrics.refresh_age();
     }
