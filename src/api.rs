@@ -5,7 +5,7 @@
 //! itself in `kubectl explain`; [`crate::policy::validate`] turns them into the checked,
 //! fully-defaulted [`crate::policy::Policy`] the engine runs.
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
 use kube::{CustomResource, CustomResourceExt, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -106,6 +106,14 @@ pub struct HealthPolicySpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 16))]
     pub maintenance: Option<Vec<MaintenanceWindow>>,
+
+    /// Pods this policy gates (Kubernetes mode, needs the pod-gates RBAC component): the leader
+    /// sets the pod condition `healthgate.dev/ready` on every pod in the policy's namespace that
+    /// matches and lists that condition under `spec.readinessGates` (True while the policy is ok
+    /// or degraded, False while it is down). Pods without that readiness gate are left alone.
+    /// Must select something: an empty selector is rejected.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_selector: Option<LabelSelector>,
 
     /// The dependencies to check (at least one: a policy without dependencies would always be
     /// ready). Names must be unique within the policy.

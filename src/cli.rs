@@ -155,6 +155,13 @@ pub struct KubeArgs {
     /// Writes allowed at once before the QPS limit applies.
     #[arg(long, env = "HEALTHGATE_API_WRITE_BURST", default_value_t = 50)]
     pub api_write_burst: u32,
+    /// Pod gate (`healthgate.dev/ready` condition) patches per second the leader may send after
+    /// the burst; what waits is recomputed, so a flap coalesces instead of queueing.
+    #[arg(long, env = "HEALTHGATE_POD_GATE_QPS", default_value_t = 50.0)]
+    pub pod_gate_qps: f64,
+    /// Pod gate patches allowed at once before --pod-gate-qps applies (a scale-up, a failover).
+    #[arg(long, env = "HEALTHGATE_POD_GATE_BURST", default_value_t = 200)]
+    pub pod_gate_burst: u32,
 }
 
 #[derive(Debug, clap::Args)]

@@ -440,6 +440,73 @@ async fn an_edit_reaches_a_live_checker_within_a_second() {
     drop(listener);
 }
 
+/// The default install grants nothing on pods; an overlay with manifests/pod-gates adds exactly
+/// the pod rules readiness gates need, in the served namespace (and the cluster-wide component
+/// the same as a ClusterRole).
+fn pod_gates_are_a_separate_component(server: &support::apiserver::ApiServer, base: &[Value]) {
+    let rules_on_pods = |docs: &[Value]| -> Vec<Value> {
+        docs.iter()
+            .filter(|d| d["kind"] == "Role" || d["kind"] == "ClusterRole")
+            .flat_map(|d| d["rules"].as_array().cloned().unwrap_or_default())
+            .filter(|r| {
+                r["resources"].as_array().is_some_and(|res| {
+                    res.iter()
+                        .any(|x| x.as_str().is_some_and(|x| x.starts_with("pods")))
+                })
+            })
+            .collect()
+    };
+    assert!(
+        rules_on_pods(base).is_empty(),
+        "the default install grants pods"
+    );
+    let overlay = tempfile::tempdir().unwrap();
+    // kustomize takes only relative paths to other kustomizations.
+    let up = "../".repeat(overlay.path().components().count() - 1);
+    let repo = format!("{up}{}", support::apiserver::REPO.trim_start_matches('/'));
+    for (base, component, role) in [
+        ("manifests/base", "manifests/pod-gates", "Role"),
+        (
+            "manifests/cluster-wide",
+            "manifests/pod-gates-cluster-wide",
+            "ClusterRole",
+        ),
+    ] {
+        std::fs::write(
+            overlay.path().join("kustomization.yaml"),
+            format!("resources: [{repo}/{base}]\ncomponents: [{repo}/{component}]\n"),
+        )
+        .unwrap();
+        let built = server.kubectl_ok(&["kustomize", &overlay.path().display().to_string()]);
+        let docs: Vec<Value> = serde_saphyr::from_multiple(&built).unwrap();
+        let gates = docs
+            .iter()
+            .find(|d| d["kind"] == role && d["metadata"]["name"] == "healthgate-pod-gates")
+            .unwrap_or_else(|| panic!("no {role} healthgate-pod-gates in {component}"));
+        if role == "Role" {
+            assert_eq!(gates["metadata"]["namespace"], "healthgate");
+        }
+        let rules: Vec<(Value, Value)> = rules_on_pods(&docs)
+            .into_iter()
+            .map(|r| (r["resources"].clone(), r["verbs"].clone()))
+            .collect();
+        assert_eq!(
+            rules,
+            [
+                (
+                    serde_json::json!(["pods"]),
+                    serde_json::json!(["get", "list", "watch"])
+                ),
+                (
+                    serde_json::json!(["pods/status"]),
+                    serde_json::json!(["patch"])
+                ),
+            ],
+            "{component}"
+        );
+    }
+}
+
 /// `kubectl apply -k manifests/` works on a real API server, and the examples apply too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn manifests_build_offline_and_apply() {
@@ -490,6 +557,7 @@ async fn manifests_build_offline_and_apply() {
     assert!(
         cluster_wide.contains("kind: ClusterRole\n") && cluster_wide.contains("--all-namespaces")
     );
+    pod_gates_are_a_separate_component(server, &docs);
     let out = server.kubectl_stdin(&["apply", "-f", "-"], &built);
     assert!(
         out.status.success(),
@@ -668,4 +736,107 @@ fn kubernetes_mode_without_a_cluster_exits_2() {
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("Kubernetes"), "{stderr}");
+}
+
+/// The one call readiness gates make (controller/gates/patcher.rs), against the real API
+/// server: it sets only the `healthgate.dev/ready` condition (the kubelet's stay), replaces it in
+/// place, and refuses a pod recreated under the same name (another uid).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_gate_patch_touches_one_condition_of_the_planned_pod_only() {
+    use healthgate::controller::gates::decide::{self, Gate, Write};
+    use healthgate::controller::gates::patcher;
+    use k8s_openapi::api::core::v1::Pod;
+    use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+
+    let server = support::apiserver::server();
+    let ns = server.namespace("gate-patch").await;
+    let client = server.client().await;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "app"},
+        "spec": {
+            "containers": [{"name": "app", "image": "localhost/app:1"}],
+            "readinessGates": [{"conditionType": decide::CONDITION}],
+        },
+    }))
+    .unwrap();
+    let uid = pods
+        .create(&PostParams::default(), &pod)
+        .await
+        .unwrap()
+        .metadata
+        .uid
+        .unwrap();
+    // What a kubelet would have written.
+    pods.patch_status(
+        "app",
+        &PatchParams::default(),
+        &Patch::Strategic(json!({"status": {"conditions": [
+            {"type": "ContainersReady", "status": "True"},
+            {"type": "Ready", "status": "False", "reason": "ReadinessGatesNotReady"},
+        ]}})),
+    )
+    .await
+    .unwrap();
+    let write = |uid: &str, ready: bool| Write {
+        namespace: ns.clone(),
+        name: "app".into(),
+        uid: uid.into(),
+        condition: decide::change(
+            None,
+            &Gate {
+                ready,
+                reason: if ready { "PolicyOk" } else { "DependencyDown" },
+                message: format!("HealthPolicy {ns}/p"),
+            },
+            k8s_openapi::jiff::Timestamp::now(),
+        )
+        .unwrap(),
+    };
+    let conditions = || async {
+        let pod = pods.get("app").await.unwrap();
+        let mut seen: Vec<(String, String)> = pod
+            .status
+            .unwrap()
+            .conditions
+            .unwrap_or_default()
+            .into_iter()
+            .map(|c| (c.type_, c.status))
+            .collect();
+        seen.sort();
+        seen
+    };
+    let expect = |gate: &str| {
+        vec![
+            ("ContainersReady".to_string(), "True".to_string()),
+            ("Ready".to_string(), "False".to_string()),
+            (decide::CONDITION.to_string(), gate.to_string()),
+        ]
+    };
+
+    patcher::patch(&client, &write(&uid, true)).await.unwrap();
+    assert_eq!(conditions().await, expect("True"));
+    patcher::patch(&client, &write(&uid, false)).await.unwrap();
+    assert_eq!(
+        conditions().await,
+        expect("False"),
+        "replaced in place, once"
+    );
+
+    let error = patcher::patch(
+        &client,
+        &write("0c0ffee0-0000-4000-8000-000000000000", true),
+    )
+    .await
+    .expect_err("another pod's uid");
+    assert!(!patcher::is_gone(&error), "{error}");
+    assert_eq!(conditions().await, expect("False"), "unchanged");
+
+    pods.delete("app", &DeleteParams::default().grace_period(0))
+        .await
+        .unwrap();
+    let error = patcher::patch(&client, &write(&uid, true))
+        .await
+        .expect_err("the pod is gone");
+    assert!(patcher::is_gone(&error), "{error}");
 }

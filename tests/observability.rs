@@ -127,6 +127,9 @@ fn metrics_pass_promtool_check_metrics() {
         "healthgate_reconciles_total",
         "healthgate_leader",
         "healthgate_status_writes_total",
+        "healthgate_pod_gate_writes_total",
+        "healthgate_pod_gate_last_write_age_seconds",
+        "healthgate_pod_gates_pending",
         "healthgate_trace_spans_dropped_total",
         "healthgate_trace_spans_exported_total",
     ] {

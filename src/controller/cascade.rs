@@ -402,6 +402,10 @@ mod tests {
             lease_name: "healthgate".into(),
             write_qps: 10.0,
             write_burst: 10,
+            gates: super::super::gates::GateSettings {
+                qps: 10.0,
+                burst: 10,
+            },
         };
         assert_eq!(view_name(&settings), "healthgate-view-pod-name-1");
     }

@@ -15,6 +15,7 @@ pub struct ControllerMetrics {
     pub leader: IntGauge,
     pub status_writes: IntCounter,
     pub events: IntCounter,
+    pub gates: super::gates::GateMetrics,
 }
 
 impl ControllerMetrics {
@@ -34,6 +35,7 @@ impl ControllerMetrics {
             reconciles.with_label_values(&[result]);
         }
         Self {
+            gates: super::gates::GateMetrics::register(registry),
             reconciles,
             reconcile_errors: registered(
                 registry,

@@ -10,6 +10,7 @@ mod backoff;
 mod budget;
 mod cascade;
 mod events;
+pub mod gates;
 mod leader;
 mod lifecycle;
 mod metrics;
@@ -108,6 +109,9 @@ pub struct Settings {
     /// The write budget: status writes and Events per second, and the burst before it applies.
     pub write_qps: f64,
     pub write_burst: u32,
+    /// The pod-gate write budget, separate from the status budget: a thousand pods must not
+    /// starve status writes, nor status writes the gates.
+    pub gates: gates::GateSettings,
 }
 
 /// What reconcile learned about a policy, for the status writer.
@@ -171,6 +175,8 @@ pub async fn connect(args: KubeArgs) -> Result<(Client, Settings, Vec<SocketAddr
         lease_name,
         api_write_qps,
         api_write_burst,
+        pod_gate_qps,
+        pod_gate_burst,
     } = args;
     let config = kube::Config::infer()
         .await
@@ -209,6 +215,10 @@ pub async fn connect(args: KubeArgs) -> Result<(Client, Settings, Vec<SocketAddr
             lease_name,
             write_qps: api_write_qps,
             write_burst: api_write_burst,
+            gates: gates::GateSettings {
+                qps: pod_gate_qps,
+                burst: pod_gate_burst,
+            },
         },
         api_server,
     ))
@@ -303,6 +313,13 @@ pub async fn run(
         first_list,
         policy_store.clone(),
         first_sync,
+        cancel.clone(),
+    ));
+    tasks.spawn(gates::run(
+        client.clone(),
+        ctx.clone(),
+        leader.clone(),
+        settings.gates,
         cancel.clone(),
     ));
     tasks.spawn(writer::run(

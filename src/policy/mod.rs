@@ -28,6 +28,9 @@ pub struct Policy {
     pub cascade_protection: Option<CascadeRules>,
     /// spec.maintenance: when a failing dependency degrades instead of downing.
     pub maintenance: Vec<Maintenance>,
+    /// spec.podSelector: the pods whose `healthgate.dev/ready` condition the leader writes
+    /// (Kubernetes mode only; never empty). Not a checker setting, so changing it restarts none.
+    pub pod_selector: Option<kube::core::Selector>,
 }
 
 /// One maintenance window and the dependencies it covers.

@@ -160,6 +160,8 @@ pub fn validate(
         &mut errors,
     );
 
+    let pod_selector = pod_selector(spec, &mut errors);
+
     if errors.0.is_empty() {
         Ok(Policy {
             max_staleness,
@@ -167,9 +169,50 @@ pub fn validate(
             dependencies,
             cascade_protection,
             maintenance,
+            pod_selector,
         })
     } else {
         Err(errors.0)
+    }
+}
+
+/// spec.podSelector as a selector the pod watch and the gate decision share. Empty is refused:
+/// in Kubernetes an empty selector selects every pod, and a policy that gates every pod of its
+/// namespace by accident should not be one keystroke away.
+fn pod_selector(spec: &HealthPolicySpec, errors: &mut Errors) -> Option<kube::core::Selector> {
+    let selector = spec.pod_selector.as_ref()?;
+    let path = "spec.podSelector";
+    for (index, requirement) in selector.match_expressions.iter().flatten().enumerate() {
+        let at = format!("{path}.matchExpressions[{index}]");
+        let values = requirement.values.as_ref().map_or(0, Vec::len);
+        match requirement.operator.as_str() {
+            "In" | "NotIn" if values == 0 => errors.push(
+                format!("{at}.values"),
+                format!("operator {} needs at least one value", requirement.operator),
+            ),
+            "Exists" | "DoesNotExist" if values > 0 => errors.push(
+                format!("{at}.values"),
+                format!("operator {} takes no values", requirement.operator),
+            ),
+            "In" | "NotIn" | "Exists" | "DoesNotExist" => {}
+            other => errors.push(
+                format!("{at}.operator"),
+                format!("{other:?} is not one of In, NotIn, Exists, DoesNotExist"),
+            ),
+        }
+    }
+    let parsed = kube::core::Selector::try_from(selector.clone());
+    match parsed {
+        Ok(parsed) if parsed.selects_all() => {
+            errors.push(
+                path,
+                "an empty selector would gate every pod of the namespace; name the pods' labels",
+            );
+            None
+        }
+        Ok(parsed) => Some(parsed),
+        // Already reported above with its field path.
+        Err(_) => None,
     }
 }
 

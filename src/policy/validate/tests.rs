@@ -473,3 +473,51 @@ dependencies:
     assert_eq!(recovers.schedule.failing, window(3, 5));
     assert_eq!(recovers.schedule.recovering, window(2, 3));
 }
+
+#[test]
+fn pod_selectors_are_checked_with_their_field_paths() {
+    const DEP: &str = "dependencies: [{name: a, type: tcp, tcp: {address: 'h:1'}}]";
+    let cases: &[(&str, &[&str])] = &[
+        ("podSelector: {matchLabels: {app: shop}}", &[]),
+        (
+            "podSelector: {matchExpressions: [{key: tier, operator: In, values: [web, api]}, {key: canary, operator: DoesNotExist}]}",
+            &[],
+        ),
+        (
+            "podSelector: {}",
+            &[
+                "spec.podSelector: an empty selector would gate every pod of the namespace; name the pods' labels",
+            ],
+        ),
+        (
+            "podSelector: {matchExpressions: [{key: tier, operator: In}]}",
+            &["spec.podSelector.matchExpressions[0].values: operator In needs at least one value"],
+        ),
+        (
+            "podSelector: {matchExpressions: [{key: tier, operator: Exists, values: [x]}]}",
+            &["spec.podSelector.matchExpressions[0].values: operator Exists takes no values"],
+        ),
+        (
+            "podSelector: {matchExpressions: [{key: tier, operator: Equals, values: [x]}]}",
+            &[
+                "spec.podSelector.matchExpressions[0].operator: \"Equals\" is not one of In, NotIn, Exists, DoesNotExist",
+            ],
+        ),
+    ];
+    for (selector, expected) in cases {
+        let yaml = format!("{selector}\n{DEP}");
+        assert_eq!(errors(&yaml), *expected, "{selector}");
+    }
+    let policy = validate(
+        &spec(&format!(
+            "podSelector: {{matchLabels: {{app: shop}}, matchExpressions: [{{key: tier, operator: NotIn, values: [batch]}}]}}\n{DEP}"
+        )),
+        &ENV,
+    )
+    .expect("valid");
+    assert_eq!(
+        policy.pod_selector.map(|s| s.to_string()).as_deref(),
+        Some("app=shop,tier notin (batch)"),
+        "the watch's label selector"
+    );
+}
