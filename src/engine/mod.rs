@@ -369,7 +369,7 @@ impl Engine {
                 .map(|(key, running)| (key.clone(), running.snapshot(now)))
                 .collect();
             let report = Report::render_all(&snapshots);
-            let body = serde_json::to_vec(&report.to_json(view)).expect("a report serialises");
+            let body = report.to_bytes(view);
             let turns_stale = turns_stale(&policies, now);
             (
                 Rendered {

@@ -3,8 +3,8 @@
 //! then cost a reference count instead of a report and a JSON encoding.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
 use bytes::Bytes;
@@ -18,8 +18,19 @@ pub struct Rendered {
     pub body: Bytes,
 }
 
+/// An answer that took at least this long to render is expensive (about 100 policies and up).
+const EXPENSIVE: Duration = Duration::from_millis(1);
+/// An expensive answer is re-rendered at most once per this many times its own render time, so
+/// rendering takes at most about a tenth of a core however often checks publish. At 10,000
+/// checks (publishing ~1,000 times a second) that is a few renders a second instead of a
+/// thousand; below [`EXPENSIVE`] every publish is seen at once, as before.
+const REST_FACTOR: u32 = 10;
+
 struct Cached {
     generation: u64,
+    /// When and how long the render took: an expensive one rests (see [`REST_FACTOR`]).
+    rendered_at: Instant,
+    cost: Duration,
     /// When the first fresh result turns stale, changing the answer without any publish.
     expires: Option<Instant>,
     rendered: Rendered,
@@ -66,6 +77,9 @@ pub struct ReadyCache {
     generation: Arc<Generation>,
     full: ArcSwapOption<Cached>,
     status_only: ArcSwapOption<Cached>,
+    /// One request renders an outdated expensive answer; the others are served the old one
+    /// meanwhile instead of all rendering it at once.
+    rendering: AtomicBool,
 }
 
 impl ReadyCache {
@@ -90,19 +104,53 @@ impl ReadyCache {
             View::Full => &self.full,
             View::StatusOnly => &self.status_only,
         };
-        if let Some(cached) = slot.load().as_deref()
-            && cached.generation == generation
-            && cached.expires.is_none_or(|at| now < at)
-        {
-            return cached.rendered.clone();
+        let cached = slot.load_full();
+        let mut claimed = None;
+        if let Some(cached) = cached.as_deref() {
+            let current =
+                cached.generation == generation && cached.expires.is_none_or(|at| now < at);
+            if current || cached.resting() {
+                return cached.rendered.clone();
+            }
+            if cached.cost >= EXPENSIVE {
+                match Claim::take(&self.rendering) {
+                    Some(claim) => claimed = Some(claim),
+                    None => return cached.rendered.clone(),
+                }
+            }
         }
+        let rendered_at = Instant::now();
         let (rendered, expires) = render();
         slot.store(Some(Arc::new(Cached {
             generation,
             expires,
+            rendered_at,
+            cost: rendered_at.elapsed(),
             rendered: rendered.clone(),
         })));
+        drop(claimed);
         rendered
+    }
+}
+
+impl Cached {
+    fn resting(&self) -> bool {
+        self.cost >= EXPENSIVE && self.rendered_at.elapsed() < self.cost * REST_FACTOR
+    }
+}
+
+/// The right to render, given back when dropped (also if the render panics).
+struct Claim<'a>(&'a AtomicBool);
+
+impl<'a> Claim<'a> {
+    fn take(flag: &'a AtomicBool) -> Option<Self> {
+        (!flag.swap(true, Ordering::Acquire)).then_some(Self(flag))
+    }
+}
+
+impl Drop for Claim<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
     }
 }
 
@@ -169,5 +217,33 @@ mod tests {
             "each view has its own entry"
         );
         assert_eq!(cache.get_or_render(View::Full, now, || render(8)).status, 6);
+    }
+
+    #[test]
+    fn an_expensive_answer_rests_and_one_request_renders_it_while_others_get_the_old_one() {
+        let cache = ReadyCache::default();
+        let now = Instant::now();
+        let slow = |n: u16| {
+            move || {
+                std::thread::sleep(Duration::from_millis(3));
+                render(n)
+            }
+        };
+        assert_eq!(cache.get_or_render(View::Full, now, slow(1)).status, 1);
+        cache.invalidate();
+        assert_eq!(
+            cache.get_or_render(View::Full, now, || render(2)).status,
+            1,
+            "resting for 10x its 3 ms render"
+        );
+        std::thread::sleep(Duration::from_millis(40));
+        let nested = cache.get_or_render(View::Full, now, || {
+            let meanwhile = cache.get_or_render(View::Full, now, || render(3));
+            assert_eq!(meanwhile.status, 1, "served the old answer while rendering");
+            std::thread::sleep(Duration::from_millis(2));
+            render(4)
+        });
+        assert_eq!(nested.status, 4);
+        assert!(!cache.rendering.load(Ordering::Acquire), "claim given back");
     }
 }

@@ -10,36 +10,39 @@ use super::{PolicyKey, PolicySnapshot};
 use crate::health::{Overall, Reason, State};
 use crate::policy::StatusCodes;
 
+// Fields are declared in alphabetical order of their JSON names: the cached /ready body is
+// serialised straight from these structs, and the other bodies through `serde_json::Value`
+// (which sorts keys), and both must come out byte for byte the same.
 #[derive(Clone, Debug, Serialize)]
 pub struct Report {
+    pub checks: BTreeMap<String, CheckView>,
     #[serde(rename = "status")]
     pub overall: Overall,
-    pub checks: BTreeMap<String, CheckView>,
     #[serde(skip)]
     pub codes: StatusCodes,
 }
 
 #[derive(Clone, Debug, Serialize)]
 pub struct CheckView {
-    #[serde(rename = "status")]
-    pub state: State,
-    pub critical: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub latency_ms: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub checked_at: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub reason: Option<Reason>,
+    pub critical: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub detail: Option<Arc<str>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<Arc<str>>,
-    /// Down, but held by cascade protection (down on enough replicas): counted as non-critical.
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    pub protected: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub latency_ms: Option<f64>,
     /// A maintenance window covering this dependency is open until then (RFC 3339).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub maintenance_until: Option<String>,
+    /// Down, but held by cascade protection (down on enough replicas): counted as non-critical.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub protected: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<Reason>,
+    #[serde(rename = "status")]
+    pub state: State,
 }
 
 impl Report {
@@ -124,6 +127,16 @@ impl Report {
         }
         .expect("a report serialises")
     }
+
+    /// [`Report::to_json`]'s bytes, without building the intermediate tree: at 10,000 checks
+    /// that tree is most of the render's cost.
+    pub fn to_bytes(&self, view: View) -> Vec<u8> {
+        match view {
+            View::Full => serde_json::to_vec(self),
+            View::StatusOnly => serde_json::to_vec(&StatusOnly::from(self)),
+        }
+        .expect("a report serialises")
+    }
 }
 
 /// How much of a report a caller sees (`--details`).
@@ -137,18 +150,18 @@ pub enum View {
 /// the overall status and per-check status (plus `protected` when cascade protection holds it).
 #[derive(Serialize)]
 struct StatusOnly<'a> {
-    status: Overall,
     checks: BTreeMap<&'a str, CheckStatus>,
+    status: Overall,
 }
 
 #[derive(Serialize)]
 struct CheckStatus {
-    status: State,
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    protected: bool,
     /// Readiness semantics like `protected`: why a failing dependency is not down.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     maintenance: bool,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    protected: bool,
+    status: State,
 }
 
 impl<'a> From<&'a Report> for StatusOnly<'a> {
@@ -167,6 +180,50 @@ impl<'a> From<&'a Report> for StatusOnly<'a> {
                     (name.as_str(), status)
                 })
                 .collect(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_direct_bytes_match_the_sorted_json_tree_for_every_view() {
+        let full = CheckView {
+            checked_at: Some("2026-12-03T10:00:00.000Z".into()),
+            critical: true,
+            detail: Some(Arc::from("connected")),
+            error: Some(Arc::from("refused")),
+            latency_ms: Some(1.5),
+            maintenance_until: Some("2026-12-03T11:00:00Z".into()),
+            protected: true,
+            reason: Some(Reason::Maintenance),
+            state: State::Degraded,
+        };
+        let bare = CheckView {
+            checked_at: None,
+            critical: false,
+            detail: None,
+            error: None,
+            latency_ms: None,
+            maintenance_until: None,
+            protected: false,
+            reason: None,
+            state: State::Unknown,
+        };
+        let report = Report {
+            checks: BTreeMap::from([("a".into(), full), ("b".into(), bare)]),
+            overall: Overall::Degraded,
+            codes: StatusCodes::default(),
+        };
+        for view in [View::Full, View::StatusOnly] {
+            let via_tree = serde_json::to_vec(&report.to_json(view)).unwrap();
+            assert_eq!(
+                String::from_utf8(report.to_bytes(view)).unwrap(),
+                String::from_utf8(via_tree).unwrap(),
+                "{view:?}"
+            );
         }
     }
 }
