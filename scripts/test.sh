@@ -23,6 +23,9 @@ cargo clippy --all-targets --locked -- -D warnings
 step "cargo test"
 cargo test --all-targets --no-fail-fast
 cargo test --doc
+step "benchmarks in smoke mode (they run and produce every number; timings are for scripts/bench.sh and scripts/scale.sh, not CI)"
+scripts/bench.sh --smoke
+scripts/scale.sh --smoke
 step "fuzzing: policy documents, durations, redaction, request paths (30 s each)"
 scripts/fuzz.sh 30
 step "done"
