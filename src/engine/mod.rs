@@ -75,7 +75,8 @@ pub struct Changes {
 }
 
 struct RunningCheck {
-    spec: DependencySpec,
+    /// Shared with the checker: at 10,000 checks every copy of a spec is megabytes.
+    spec: Arc<DependencySpec>,
     slot: Slot,
     cancel: CancellationToken,
     task: JoinHandle<()>,
@@ -244,7 +245,7 @@ impl Engine {
         let mut checks = BTreeMap::new();
         for spec in &policy.dependencies {
             let check = match previous.remove(&spec.name) {
-                Some(running) if running.spec == *spec => {
+                Some(running) if *running.spec == *spec => {
                     changes.unchanged.push(spec.name.clone());
                     running
                 }
@@ -459,7 +460,8 @@ impl Engine {
     ) -> RunningCheck {
         let slot: Slot = Arc::new(Mutex::new(carried));
         let cancel = self.inner.cancel.child_token();
-        let flight_key = FlightKey::new(key, spec);
+        let spec = Arc::new(spec.clone());
+        let flight_key = FlightKey::new(key, &spec);
         let phase = self.inner.clock.phase(&flight_key, spec.schedule.interval);
         let flight = self
             .inner
@@ -492,7 +494,7 @@ impl Engine {
             checker.run(token).await;
         });
         RunningCheck {
-            spec: spec.clone(),
+            spec,
             slot,
             cancel,
             task,
@@ -540,7 +542,7 @@ impl Engine {
                     .find(|(name, _)| *name == spec.name)
                     .map(|(_, state)| CheckRecord::fixed(*state));
                 let check = RunningCheck {
-                    spec: spec.clone(),
+                    spec: Arc::new(spec.clone()),
                     slot: Arc::new(Mutex::new(record)),
                     cancel: CancellationToken::new(),
                     task: tokio::spawn(async {}),
