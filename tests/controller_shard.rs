@@ -1,0 +1,432 @@
+//! Sharding on a real API server: two shards of two replicas each plus an unsharded replica, each
+//! deployment as its own ServiceAccount under the RBAC of `manifests/sharded/`. The API server's
+//! audit log says who listed, watched and wrote what; it must show each policy's status written
+//! only by its own shard, every watch carrying that shard's selector, and a policy relabelled
+//! from shard a to shard b written by a only before the relabel and by b only after it.
+
+mod support;
+
+use std::collections::BTreeMap;
+
+use serde_json::{Value, json};
+use support::apiserver::{ApiServer, REPO, ServiceAccountAccess};
+use support::healthgate::{BIN, Healthgate};
+use support::kube_env::{Env, SETTLE, condition_status, env_on};
+use support::policy;
+use support::services::Redis;
+
+const SHARD_LABEL: &str = "healthgate.dev/shard";
+
+/// One deployment: its shard (`None`: the unsharded one), identity and replicas.
+struct Deployment {
+    shard: Option<&'static str>,
+    user: String,
+    replicas: Vec<(String, Healthgate)>,
+}
+
+impl Deployment {
+    fn start(env: &Env, shard: Option<&'static str>, sa: &ServiceAccountAccess, n: usize) -> Self {
+        let prefix = shard.unwrap_or("unsharded");
+        let replicas = (0..n)
+            .map(|i| {
+                let pod = format!("{prefix}-{i}");
+                let mut args = vec!["--namespace", &env.ns, "--pod-namespace", &env.ns];
+                let flag;
+                if let Some(shard) = shard {
+                    flag = format!("--shard={shard}");
+                    args.push(&flag);
+                }
+                let hg = Healthgate::start_kube(&sa.kubeconfig, &[("POD_NAME", &pod)], &args);
+                (pod, hg)
+            })
+            .collect();
+        Deployment {
+            shard,
+            user: sa.username.clone(),
+            replicas,
+        }
+    }
+
+    fn leaders(&self) -> Vec<&str> {
+        self.replicas
+            .iter()
+            .filter(|(_, hg)| {
+                hg.try_get("/metrics")
+                    .is_ok_and(|r| r.body.lines().any(|l| l.trim() == "healthgate_leader 1"))
+            })
+            .map(|(pod, _)| pod.as_str())
+            .collect()
+    }
+
+    /// Every replica answers for exactly `own` among `all`: /ready 200 or 404, metric series
+    /// present or absent.
+    fn assert_serves_exactly(&self, ns: &str, all: &[&str], own: &[&str]) {
+        for (pod, hg) in &self.replicas {
+            hg.wait_until(&format!("{pod} serving exactly {own:?}"), SETTLE, |hg| {
+                all.iter().all(|p| {
+                    let status = hg
+                        .try_get(&format!("/ready/{ns}/{p}"))
+                        .map_or(0, |r| r.status);
+                    let has_series = hg.try_get("/metrics").is_ok_and(|r| {
+                        r.body.lines().any(|l| {
+                            l.starts_with("healthgate_dependency_state{")
+                                && l.contains(&format!("namespace=\"{ns}\""))
+                                && l.contains(&format!("policy=\"{p}\""))
+                        })
+                    });
+                    let mine = own.contains(p);
+                    status == if mine { 200 } else { 404 } && has_series == mine
+                })
+            });
+        }
+    }
+
+    /// No replica ever started a checker for any of `foreign`.
+    fn assert_never_checked(&self, ns: &str, foreign: &[&str]) {
+        for (pod, hg) in &self.replicas {
+            for p in foreign {
+                let needle = format!("\"policy\":\"{ns}/{p}\"");
+                let started: Vec<String> = hg
+                    .logs()
+                    .into_iter()
+                    .filter(|l| l.contains("checker started") && l.contains(&needle))
+                    .collect();
+                assert!(started.is_empty(), "{pod} checked {p}: {started:#?}");
+            }
+        }
+    }
+}
+
+/// The policies `shard` owns.
+fn own<'a>(owner: &BTreeMap<&'a str, Option<&str>>, shard: Option<&str>) -> Vec<&'a str> {
+    owner
+        .iter()
+        .filter(|(_, s)| **s == shard)
+        .map(|(p, _)| *p)
+        .collect()
+}
+
+/// The shard's ServiceAccount bound to its Role from `manifests/sharded/`, moved to `ns`.
+async fn shard_identity(
+    server: &ApiServer,
+    ns: &str,
+    built: &[Value],
+    name: &str,
+) -> ServiceAccountAccess {
+    let sa = server.service_account(ns, name).await;
+    let mut items: Vec<Value> = built
+        .iter()
+        .filter(|d| {
+            (d["kind"] == "Role" || d["kind"] == "RoleBinding") && d["metadata"]["name"] == name
+        })
+        .cloned()
+        .collect();
+    assert_eq!(
+        items.len(),
+        2,
+        "Role and RoleBinding {name} in manifests/sharded"
+    );
+    for doc in &mut items {
+        doc["metadata"]["namespace"] = json!(ns);
+        for subject in doc["subjects"].as_array_mut().into_iter().flatten() {
+            subject["namespace"] = json!(ns);
+        }
+    }
+    let list = json!({"apiVersion": "v1", "kind": "List", "items": items});
+    let out = server.kubectl_stdin(&["apply", "-f", "-"], &list.to_string());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    sa
+}
+
+fn labelled(name: &str, shard: Option<&str>, deps: &str) -> String {
+    let doc = policy::fast(name, deps);
+    match shard {
+        Some(shard) => doc.replace(
+            &format!("metadata: {{name: {name}}}"),
+            &format!("metadata: {{name: {name}, labels: {{{SHARD_LABEL}: {shard}}}}}"),
+        ),
+        None => doc,
+    }
+}
+
+fn wait_all(env: &Env, policies: &[&str], ready: &str) {
+    for p in policies {
+        env.wait_policy(p, &format!("Ready {ready}"), |v| {
+            condition_status(v, "Ready").as_deref() == Some(ready)
+        });
+    }
+}
+
+/// `%2F` → `/` and so on, for the label selector in an audited request URI.
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok());
+        match (bytes[i], hex.and_then(|h| u8::from_str_radix(h, 16).ok())) {
+            (b'%', Some(byte)) => {
+                out.push(byte);
+                i += 3;
+            }
+            (byte, _) => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_shards_never_check_or_write_each_others_policies() {
+    let server = ApiServer::start_audited().expect("an audited control plane");
+    // The unsharded deployment runs as the base's ServiceAccount and Role.
+    let env = env_on(&server, "shards").await;
+    let built: Vec<Value> = serde_saphyr::from_multiple(
+        &server.kubectl_ok(&["kustomize", &format!("{REPO}/manifests/sharded")]),
+    )
+    .unwrap();
+    let sa_a = shard_identity(&server, &env.ns, &built, "healthgate-shard-a").await;
+    let sa_b = shard_identity(&server, &env.ns, &built, "healthgate-shard-b").await;
+
+    let mut redis = Redis::start();
+    let deps = policy::redis("cache", &policy::inline(&redis.url()));
+    // "mover" starts in shard a and moves to shard b halfway.
+    let mut owner: BTreeMap<&str, Option<&str>> = BTreeMap::from([
+        ("a1", Some("a")),
+        ("a2", Some("a")),
+        ("b1", Some("b")),
+        ("u1", None),
+        ("mover", Some("a")),
+    ]);
+    let all: Vec<&str> = owner.keys().copied().collect();
+    for (name, shard) in &owner {
+        env.apply(&labelled(name, *shard, &deps));
+    }
+    let a = Deployment::start(&env, Some("a"), &sa_a, 2);
+    let b = Deployment::start(&env, Some("b"), &sa_b, 2);
+    let u = Deployment::start(&env, None, &env.sa, 1);
+    let deployments = [&a, &b, &u];
+
+    // Each deployment elects its own leader on its own Lease, and every policy gets status.
+    wait_all(&env, &all, "True");
+    for d in deployments {
+        d.replicas[0]
+            .1
+            .wait_until("one leader per deployment", SETTLE, |_| {
+                d.leaders().len() == 1
+            });
+        d.assert_serves_exactly(&env.ns, &all, &own(&owner, d.shard));
+    }
+    for (lease, d) in [
+        ("healthgate-shard-a", &a),
+        ("healthgate-shard-b", &b),
+        ("healthgate", &u),
+    ] {
+        let holder = env.kubectl(&[
+            "get",
+            "lease",
+            lease,
+            "-o",
+            "jsonpath={.spec.holderIdentity}",
+        ]);
+        assert_eq!(vec![holder.as_str()], d.leaders(), "Lease {lease}");
+    }
+
+    // An outage and a recovery: every leader has transitions to write.
+    redis.stop();
+    wait_all(&env, &all, "False");
+    redis.restart();
+    wait_all(&env, &all, "True");
+
+    // Move "mover" from shard a to shard b: a stops its checkers and series, b takes it.
+    env.kubectl(&[
+        "label",
+        "hp",
+        "mover",
+        &format!("{SHARD_LABEL}=b"),
+        "--overwrite",
+    ]);
+    owner.insert("mover", Some("b"));
+    for d in deployments {
+        d.assert_serves_exactly(&env.ns, &all, &own(&owner, d.shard));
+    }
+    for (pod, hg) in &a.replicas {
+        let needle = format!("\"policy\":\"{}/mover\"", env.ns);
+        assert!(
+            hg.logs()
+                .iter()
+                .any(|l| l.contains("policy gone; checkers stopped") && l.contains(&needle)),
+            "{pod} did not log dropping mover"
+        );
+    }
+    // Another outage, so that b (and only b) has transitions of mover to write.
+    redis.stop();
+    wait_all(&env, &all, "False");
+    redis.restart();
+    wait_all(&env, &all, "True");
+
+    // Nobody ever started a checker outside its shard ("mover" is a's and then b's).
+    a.assert_never_checked(&env.ns, &["b1", "u1"]);
+    b.assert_never_checked(&env.ns, &["a1", "a2", "u1"]);
+    u.assert_never_checked(&env.ns, &["a1", "a2", "b1", "mover"]);
+
+    // The API server's record.
+    let audit: Vec<Value> = server
+        .audit_events()
+        .into_iter()
+        .filter(|e| e["objectRef"]["namespace"] == env.ns.as_str())
+        .collect();
+    let user_of = |e: &Value| {
+        e["user"]["username"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
+    let ts = |e: &Value, field: &str| e[field].as_str().expect("a timestamp").to_string();
+
+    // 1. Every list and watch of a deployment's identity carried its own shard's selector.
+    for d in deployments {
+        let expected = match d.shard {
+            Some(shard) => format!("labelSelector={SHARD_LABEL}={shard}"),
+            None => format!("labelSelector=!{SHARD_LABEL}"),
+        };
+        let reads: Vec<&Value> = audit
+            .iter()
+            .filter(|e| user_of(e) == d.user && (e["verb"] == "list" || e["verb"] == "watch"))
+            .collect();
+        assert!(!reads.is_empty(), "no list or watch by {}", d.user);
+        for read in reads {
+            let uri = percent_decode(read["requestURI"].as_str().unwrap());
+            assert!(
+                uri.contains(&expected),
+                "{} read without {expected}: {uri}",
+                d.user
+            );
+        }
+    }
+
+    // 2. Status writes: each policy only by its owner, "mover" by a before the relabel (it
+    // completed) and by b after it (it was received).
+    let relabel = audit
+        .iter()
+        .find(|e| {
+            e["verb"] == "patch"
+                && e["objectRef"]["name"] == "mover"
+                && e["objectRef"]["subresource"].is_null()
+                && user_of(e) == "admin"
+                && e["stage"] == "ResponseComplete"
+        })
+        .expect("the relabel in the audit log");
+    let (relabel_received, relabel_done) = (
+        ts(relabel, "requestReceivedTimestamp"),
+        ts(relabel, "stageTimestamp"),
+    );
+    let user = |shard: Option<&str>| {
+        deployments
+            .iter()
+            .find(|d| d.shard == shard)
+            .map(|d| d.user.clone())
+            .unwrap()
+    };
+    let mut written: BTreeMap<(String, String), usize> = BTreeMap::new();
+    let mut refused = 0;
+    for write in audit.iter().filter(|e| {
+        e["verb"] == "patch"
+            && e["objectRef"]["subresource"] == "status"
+            && e["stage"] == "ResponseComplete"
+    }) {
+        let policy = write["objectRef"]["name"].as_str().unwrap();
+        let by = user_of(write);
+        let code = write["responseStatus"]["code"].as_i64().unwrap_or(0);
+        if code == 409 {
+            refused += 1;
+            continue;
+        }
+        assert_eq!(code, 200, "{write:#}");
+        *written.entry((policy.to_string(), by.clone())).or_default() += 1;
+        if policy == "mover" {
+            if by == user(Some("a")) {
+                assert!(
+                    ts(write, "requestReceivedTimestamp") < relabel_done,
+                    "shard a wrote mover after the relabel: {write:#}"
+                );
+            } else {
+                assert_eq!(by, user(Some("b")), "{write:#}");
+                assert!(
+                    ts(write, "stageTimestamp") > relabel_received,
+                    "shard b wrote mover before the relabel: {write:#}"
+                );
+            }
+        } else {
+            assert_eq!(
+                by,
+                user(owner[policy]),
+                "{policy} written by {by}: {write:#}"
+            );
+        }
+    }
+    eprintln!("status writes by (policy, user): {written:#?}; refused with 409: {refused}");
+    // Not vacuous: every policy was written, "mover" by both shards in turn.
+    for p in &all {
+        assert!(
+            written.keys().any(|(policy, _)| policy == p),
+            "no status write for {p}"
+        );
+    }
+    for shard in ["a", "b"] {
+        assert!(
+            written.contains_key(&("mover".to_string(), user(Some(shard)))),
+            "shard {shard} never wrote mover"
+        );
+    }
+}
+
+/// Bad shard flags fail at start with an error naming the flag, before any API call.
+#[test]
+fn shard_flags_are_checked_before_connecting() {
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(BIN)
+            .arg("serve")
+            .args(args)
+            .env("KUBECONFIG", "/nonexistent")
+            .env_remove("HEALTHGATE_LEASE_NAME")
+            .env_remove("HEALTHGATE_SELECTOR")
+            .env_remove("HEALTHGATE_SHARD")
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{args:?} started");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let cases: &[(&[&str], &[&str])] = &[
+        (
+            &["--shard", "a", "--lease-name", "x"],
+            &["cannot be used with", "--lease-name", "--shard"],
+        ),
+        (
+            &["--shard", "a", "--policy-name", "p"],
+            &["cannot be used with", "--policy-name", "--shard"],
+        ),
+        (
+            &["--shard", "Shard_A"],
+            &["--shard \"Shard_A\": a shard name must be"],
+        ),
+        (
+            &["--selector", "healthgate.dev/shard=a"],
+            &["--selector", "use --shard NAME"],
+        ),
+    ];
+    for (args, expected) in cases {
+        let stderr = run(args);
+        for part in *expected {
+            assert!(stderr.contains(part), "{args:?}: {part:?} not in {stderr}");
+        }
+    }
+}
