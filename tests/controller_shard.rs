@@ -7,11 +7,15 @@
 mod support;
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
+use healthgate::HealthPolicy;
+use kube::Api;
+use kube::api::{Patch, PatchParams};
 use serde_json::{Value, json};
 use support::apiserver::{ApiServer, REPO, ServiceAccountAccess};
 use support::healthgate::{BIN, Healthgate};
-use support::kube_env::{Env, SETTLE, condition_status, env_on};
+use support::kube_env::{Env, SETTLE, condition_status, env, env_on};
 use support::policy;
 use support::services::Redis;
 
@@ -147,7 +151,7 @@ fn labelled(name: &str, shard: Option<&str>, deps: &str) -> String {
     match shard {
         Some(shard) => doc.replace(
             &format!("metadata: {{name: {name}}}"),
-            &format!("metadata: {{name: {name}, labels: {{{SHARD_LABEL}: {shard}}}}}"),
+            &format!("metadata: {{name: {name}, labels: {{{SHARD_LABEL}: '{shard}'}}}}"),
         ),
         None => doc,
     }
@@ -247,14 +251,28 @@ async fn two_shards_never_check_or_write_each_others_policies() {
     wait_all(&env, &all, "True");
 
     // Move "mover" from shard a to shard b: a stops its checkers and series, b takes it.
-    env.kubectl(&[
-        "label",
-        "hp",
-        "mover",
-        &format!("{SHARD_LABEL}=b"),
-        "--overwrite",
-    ]);
+    let before = env.policy("mover");
+    let relabel = format!("{SHARD_LABEL}=b");
+    env.kubectl(&["label", "hp", "mover", &relabel, "--overwrite"]);
     owner.insert("mover", Some("b"));
+    // A write from shard a still holding the version from before the relabel, as the status
+    // writer sends it (server-side apply naming the watched resourceVersion), is refused.
+    let stale = Api::<HealthPolicy>::namespaced(sa_a.client().await, &env.ns)
+        .patch_status(
+            "mover",
+            &PatchParams::apply("healthgate").force(),
+            &Patch::Apply(json!({
+                "apiVersion": "healthgate.dev/v1alpha1",
+                "kind": "HealthPolicy",
+                "metadata": {"resourceVersion": before["metadata"]["resourceVersion"]},
+                "status": before["status"],
+            })),
+        )
+        .await;
+    assert!(
+        matches!(&stale, Err(kube::Error::Api(s)) if s.code == 409),
+        "a stale write after the relabel was not refused: {stale:?}"
+    );
     for d in deployments {
         d.assert_serves_exactly(&env.ns, &all, &own(&owner, d.shard));
     }
@@ -374,6 +392,10 @@ async fn two_shards_never_check_or_write_each_others_policies() {
         }
     }
     eprintln!("status writes by (policy, user): {written:#?}; refused with 409: {refused}");
+    assert!(
+        refused >= 1,
+        "the stale write above is in the audit log as a 409"
+    );
     // Not vacuous: every policy was written, "mover" by both shards in turn.
     for p in &all {
         assert!(
@@ -387,6 +409,50 @@ async fn two_shards_never_check_or_write_each_others_policies() {
             "shard {shard} never wrote mover"
         );
     }
+}
+
+/// The mistake `--shard` rules out, made by hand: two deployments split the policies by
+/// `--selector` but elect on the same (default) Lease. One leader for both means the other's
+/// policies never get status; the standby deployment says so in its log and metric.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deployments_sharing_a_lease_by_mistake_are_told() {
+    let env = env("lease-clash").await;
+    let redis = Redis::start();
+    let deps = policy::redis("cache", &policy::inline(&redis.url()));
+    for team in ["x", "y"] {
+        let name = format!("p{team}");
+        env.apply(&policy::fast(&name, &deps).replace(
+            &format!("metadata: {{name: {name}}}"),
+            &format!("metadata: {{name: {name}, labels: {{team: '{team}'}}}}"),
+        ));
+    }
+    let x = env.start_with("x-0", &[], &["--selector", "team=x"]);
+    env.wait_policy("px", "Ready from x", |p| {
+        condition_status(p, "Ready").as_deref() == Some("True")
+    });
+    let y = env.start_with("y-0", &[], &["--selector", "team=y"]);
+    let clash = |hg: &Healthgate| hg.metric("healthgate_lease_clash");
+    y.wait_until("y reports the clash", SETTLE, |y| clash(y) == Some(1.0));
+    y.wait_until("y serves py", SETTLE, |y| {
+        y.try_get(&format!("/ready/{}/py", env.ns))
+            .is_ok_and(|r| r.status == 200)
+    });
+    assert!(
+        y.logs().iter().any(
+            |l| l.contains("held by a deployment serving other policies")
+                && l.contains("selector team=x")
+        ),
+        "{:#?}",
+        y.logs()
+    );
+    assert_eq!(clash(&x), Some(0.0));
+    // What the warning is about: py is checked by y but nobody writes its status.
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        env.policy("py")["status"].is_null(),
+        "{:#}",
+        env.policy("py")
+    );
 }
 
 /// Bad shard flags fail at start with an error naming the flag, before any API call.

@@ -80,6 +80,36 @@ pub fn resolve(
     })
 }
 
+/// Annotation the leader puts on its Lease: what its deployment serves ([`serves`]), so that a
+/// deployment electing on the same Lease while serving other policies can tell.
+pub const SERVES_ANNOTATION: &str = "healthgate.dev/serves";
+
+/// What a deployment serves, as one comparable line: scope and label selector.
+pub fn serves(scope: &super::Scope, selector: Option<&str>) -> String {
+    let scope = match scope {
+        super::Scope::Namespace(ns) => format!("namespace {ns}"),
+        super::Scope::AllNamespaces => "all namespaces".to_string(),
+        super::Scope::Policy { namespace, name } => format!("policy {namespace}/{name}"),
+    };
+    match selector {
+        Some(selector) => format!("{scope}, selector {selector}"),
+        None => scope,
+    }
+}
+
+/// What another holder of our Lease serves, if that differs from what we serve: then one leader
+/// writes status for its own policies only, and ours get none. A holder from before this
+/// annotation existed (none) is given the benefit of the doubt.
+pub fn clash<'a>(
+    holder: Option<&str>,
+    their_serves: Option<&'a str>,
+    identity: &str,
+    ours: &str,
+) -> Option<&'a str> {
+    let other_holder = holder.is_some_and(|h| !h.is_empty() && h != identity);
+    their_serves.filter(|theirs| other_holder && *theirs != ours)
+}
+
 fn check_name(shard: &str) -> Result<(), ShardError> {
     let alnum = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit();
     let valid = !shard.is_empty()
@@ -217,6 +247,33 @@ mod tests {
                 resolve(shard, selector, lease, one),
                 expected,
                 "{shard:?} {selector:?} {lease:?} {one}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_lease_held_for_other_policies_is_a_clash() {
+        let ns = super::super::Scope::Namespace("shop".into());
+        let ours = serves(&ns, Some("team=x,!healthgate.dev/shard"));
+        assert_eq!(
+            ours,
+            "namespace shop, selector team=x,!healthgate.dev/shard"
+        );
+        let theirs = serves(&ns, Some("team=y,!healthgate.dev/shard"));
+        let cases = [
+            (Some("y-0"), Some(theirs.as_str()), Some(theirs.as_str())),
+            (Some("x-1"), Some(ours.as_str()), None),
+            // Our own, a free Lease, or a holder that does not say.
+            (Some("x-0"), Some(theirs.as_str()), None),
+            (None, Some(theirs.as_str()), None),
+            (Some(""), Some(theirs.as_str()), None),
+            (Some("y-0"), None, None),
+        ];
+        for (holder, their_serves, expected) in cases {
+            assert_eq!(
+                clash(holder, their_serves, "x-0", &ours),
+                expected,
+                "{holder:?}"
             );
         }
     }
