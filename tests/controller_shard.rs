@@ -199,10 +199,32 @@ async fn two_shards_never_check_or_write_each_others_policies() {
     .unwrap();
     let sa_a = shard_identity(&server, &env.ns, &built, "healthgate-shard-a").await;
     let sa_b = shard_identity(&server, &env.ns, &built, "healthgate-shard-b").await;
+    // Each shard's Role reads its own leader Lease only.
+    for (sa, own, other) in [
+        (&sa_a, "healthgate-shard-a", "healthgate-shard-b"),
+        (&sa_b, "healthgate-shard-b", "healthgate-shard-a"),
+    ] {
+        for (lease, allowed) in [(own, "yes"), (other, "no")] {
+            let out = server.kubectl(&[
+                "auth",
+                "can-i",
+                "get",
+                &format!("leases/{lease}"),
+                "-n",
+                &env.ns,
+                &format!("--as={}", sa.username),
+            ]);
+            assert_eq!(
+                String::from_utf8_lossy(&out.stdout).trim(),
+                allowed,
+                "{lease}"
+            );
+        }
+    }
 
     let mut redis = Redis::start();
     let deps = policy::redis("cache", &policy::inline(&redis.url()));
-    // "mover" starts in shard a and moves to shard b halfway.
+    // "mover" starts in shard a, moves to shard b, then (label removed) to the unsharded one.
     let mut owner: BTreeMap<&str, Option<&str>> = BTreeMap::from([
         ("a1", Some("a")),
         ("a2", Some("a")),
@@ -291,10 +313,21 @@ async fn two_shards_never_check_or_write_each_others_policies() {
     redis.restart();
     wait_all(&env, &all, "True");
 
-    // Nobody ever started a checker outside its shard ("mover" is a's and then b's).
+    // Without the label it belongs to the unsharded deployment.
+    env.kubectl(&["label", "hp", "mover", &format!("{SHARD_LABEL}-")]);
+    owner.insert("mover", None);
+    for d in deployments {
+        d.assert_serves_exactly(&env.ns, &all, &own(&owner, d.shard));
+    }
+    redis.stop();
+    wait_all(&env, &all, "False");
+    redis.restart();
+    wait_all(&env, &all, "True");
+
+    // Nobody ever started a checker outside its shard ("mover" was everyone's in turn).
     a.assert_never_checked(&env.ns, &["b1", "u1"]);
     b.assert_never_checked(&env.ns, &["a1", "a2", "u1"]);
-    u.assert_never_checked(&env.ns, &["a1", "a2", "b1", "mover"]);
+    u.assert_never_checked(&env.ns, &["a1", "a2", "b1"]);
 
     // The API server's record.
     let audit: Vec<Value> = server
@@ -331,22 +364,33 @@ async fn two_shards_never_check_or_write_each_others_policies() {
         }
     }
 
-    // 2. Status writes: each policy only by its owner, "mover" by a before the relabel (it
-    // completed) and by b after it (it was received).
-    let relabel = audit
+    // 2. Status writes: each policy only by its owner; "mover" only by the owner of the period
+    // the write falls in. A period starts when its relabel was received and ends when the next
+    // one completed, so a write counts for a period only if it could have happened within it.
+    let relabels: Vec<&Value> = audit
         .iter()
-        .find(|e| {
+        .filter(|e| {
             e["verb"] == "patch"
                 && e["objectRef"]["name"] == "mover"
                 && e["objectRef"]["subresource"].is_null()
                 && user_of(e) == "admin"
                 && e["stage"] == "ResponseComplete"
         })
-        .expect("the relabel in the audit log");
-    let (relabel_received, relabel_done) = (
-        ts(relabel, "requestReceivedTimestamp"),
-        ts(relabel, "stageTimestamp"),
-    );
+        .collect();
+    assert_eq!(relabels.len(), 2, "the two relabels in the audit log");
+    let periods = [
+        (None, Some(ts(relabels[0], "stageTimestamp")), Some("a")),
+        (
+            Some(ts(relabels[0], "requestReceivedTimestamp")),
+            Some(ts(relabels[1], "stageTimestamp")),
+            Some("b"),
+        ),
+        (
+            Some(ts(relabels[1], "requestReceivedTimestamp")),
+            None,
+            None,
+        ),
+    ];
     let user = |shard: Option<&str>| {
         deployments
             .iter()
@@ -371,18 +415,19 @@ async fn two_shards_never_check_or_write_each_others_policies() {
         assert_eq!(code, 200, "{write:#}");
         *written.entry((policy.to_string(), by.clone())).or_default() += 1;
         if policy == "mover" {
-            if by == user(Some("a")) {
-                assert!(
-                    ts(write, "requestReceivedTimestamp") < relabel_done,
-                    "shard a wrote mover after the relabel: {write:#}"
-                );
-            } else {
-                assert_eq!(by, user(Some("b")), "{write:#}");
-                assert!(
-                    ts(write, "stageTimestamp") > relabel_received,
-                    "shard b wrote mover before the relabel: {write:#}"
-                );
-            }
+            let (received, done) = (
+                ts(write, "requestReceivedTimestamp"),
+                ts(write, "stageTimestamp"),
+            );
+            let owned = periods.iter().any(|(start, end, shard)| {
+                user(*shard) == by
+                    && start.as_ref().is_none_or(|start| done > *start)
+                    && end.as_ref().is_none_or(|end| received < *end)
+            });
+            assert!(
+                owned,
+                "{by} wrote mover outside its time as owner: {write:#}"
+            );
         } else {
             assert_eq!(
                 by,
@@ -396,17 +441,17 @@ async fn two_shards_never_check_or_write_each_others_policies() {
         refused >= 1,
         "the stale write above is in the audit log as a 409"
     );
-    // Not vacuous: every policy was written, "mover" by both shards in turn.
+    // Not vacuous: every policy was written, "mover" by each owner in turn.
     for p in &all {
         assert!(
             written.keys().any(|(policy, _)| policy == p),
             "no status write for {p}"
         );
     }
-    for shard in ["a", "b"] {
+    for shard in [Some("a"), Some("b"), None] {
         assert!(
-            written.contains_key(&("mover".to_string(), user(Some(shard)))),
-            "shard {shard} never wrote mover"
+            written.contains_key(&("mover".to_string(), user(shard))),
+            "{shard:?} never wrote mover"
         );
     }
 }
