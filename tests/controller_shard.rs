@@ -9,6 +9,7 @@ mod support;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use chrono::{DateTime, FixedOffset};
 use healthgate::HealthPolicy;
 use kube::Api;
 use kube::api::{Patch, PatchParams};
@@ -83,6 +84,22 @@ impl Deployment {
                 })
             });
         }
+    }
+
+    /// When the replicas logged `message` for policy `p`: the earliest or the latest of them.
+    fn logged(&self, ns: &str, p: &str, message: &str, latest: bool) -> DateTime<FixedOffset> {
+        let needle = format!("\"policy\":\"{ns}/{p}\"");
+        let times = self
+            .replicas
+            .iter()
+            .flat_map(|(_, hg)| hg.logs())
+            .filter_map(|l| {
+                let line: Value = serde_json::from_str(&l).ok()?;
+                (line["message"] == message && l.contains(&needle))
+                    .then(|| DateTime::parse_from_rfc3339(line["timestamp"].as_str()?).ok())?
+            });
+        let time = if latest { times.max() } else { times.min() };
+        time.unwrap_or_else(|| panic!("no {message:?} for {p}"))
     }
 
     /// No replica ever started a checker for any of `foreign`.
@@ -163,6 +180,19 @@ fn wait_all(env: &Env, policies: &[&str], ready: &str) {
             condition_status(v, "Ready").as_deref() == Some(ready)
         });
     }
+}
+
+/// How long both deployments ran checkers of `p` after it moved from `old` to `new` (negative:
+/// how long neither did): from the new owner's first checker start to the old owner's last stop.
+fn handover(ns: &str, p: &str, old: &Deployment, new: &Deployment) -> Duration {
+    let stopped = old.logged(ns, p, "policy gone; checkers stopped", true);
+    let started = new.logged(ns, p, "checker started", false);
+    let overlap = stopped - started;
+    eprintln!(
+        "{p} moved: checkers on both for {} ms (negative: on neither)",
+        overlap.num_milliseconds()
+    );
+    overlap.abs().to_std().unwrap()
 }
 
 /// `%2F` → `/` and so on, for the label selector in an audited request URI.
@@ -323,6 +353,13 @@ async fn two_shards_never_check_or_write_each_others_policies() {
     wait_all(&env, &all, "False");
     redis.restart();
     wait_all(&env, &all, "True");
+
+    // The hand-overs are prompt: both watches see the relabel at the same time. (Loose bound:
+    // two cores are shared with the API server, etcd and five healthgates.)
+    for (old, new) in [(&a, &b), (&b, &u)] {
+        let handover = handover(&env.ns, "mover", old, new);
+        assert!(handover < Duration::from_secs(5), "{handover:?}");
+    }
 
     // Nobody ever started a checker outside its shard ("mover" was everyone's in turn).
     a.assert_never_checked(&env.ns, &["b1", "u1"]);
