@@ -11,16 +11,15 @@ use std::time::Duration;
 use futures::StreamExt;
 use futures::stream::BoxStream;
 use k8s_openapi::api::coordination::v1::Lease;
+use kube::api::{Patch, PatchParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
 use kube_lease_manager::{LeaseManager, LeaseManagerBuilder};
+use serde_json::json;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, warn};
-
-use kube::api::{Patch, PatchParams};
-use serde_json::json;
 
 use super::shard::{self, SERVES_ANNOTATION};
 use super::{ControllerMetrics, FIELD_MANAGER, Settings};
@@ -142,6 +141,7 @@ async fn announce(client: &Client, namespace: &str, name: &str, serves: &str) {
     }
 }
 
+/// Sets `healthgate_lease_clash` from the Lease as last seen; logs when a clash begins.
 fn report_clash(
     lease: &Seen,
     identity: &str,
@@ -165,7 +165,7 @@ fn report_clash(
             holder = lease.holder.as_deref().unwrap_or_default(),
             theirs,
             ours = serves,
-            "the leader Lease is held by a deployment serving other policies, so this one's get no status; give each deployment its own --lease-name, or use --shard"
+            "the leader Lease is held by a deployment serving other policies, so no status is written for this deployment's policies; give each deployment its own --lease-name, or use --shard"
         );
     }
 }
