@@ -118,6 +118,57 @@ impl Deployment {
     }
 }
 
+/// `manifests/sharded/` as built: one Deployment per shard plus the unsharded one, each with its
+/// own ServiceAccount and `--shard` flag, and selectors (Deployment and Service) that never
+/// overlap, so no Service routes to another shard's pods.
+fn assert_sharded_manifests(built: &[Value]) {
+    let of_kind =
+        |kind: &str| -> Vec<&Value> { built.iter().filter(|d| d["kind"] == kind).collect() };
+    let deployments = of_kind("Deployment");
+    let names: Vec<&str> = deployments
+        .iter()
+        .map(|d| d["metadata"]["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        ["healthgate", "healthgate-shard-a", "healthgate-shard-b"]
+    );
+    for (deployment, shard) in deployments.iter().zip([None, Some("a"), Some("b")]) {
+        let pod = &deployment["spec"]["template"]["spec"];
+        let args: Vec<&str> = pod["containers"][0]["args"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_str().unwrap())
+            .collect();
+        let shard_args: Vec<&&str> = args.iter().filter(|a| a.starts_with("--shard")).collect();
+        match shard {
+            Some(shard) => assert_eq!(shard_args, [&format!("--shard={shard}").as_str()]),
+            None => assert!(shard_args.is_empty(), "{args:?}"),
+        }
+        assert_eq!(pod["serviceAccountName"], deployment["metadata"]["name"]);
+    }
+    let selector = |d: &Value, path: &str| d.pointer(path).cloned().unwrap();
+    for (kind, path) in [
+        ("Deployment", "/spec/selector/matchLabels"),
+        ("Service", "/spec/selector"),
+    ] {
+        let selectors: Vec<Value> = of_kind(kind).iter().map(|d| selector(d, path)).collect();
+        assert_eq!(selectors.len(), 3, "{kind}");
+        for (i, one) in selectors.iter().enumerate() {
+            for other in &selectors[i + 1..] {
+                let instance = |s: &Value| s["app.kubernetes.io/instance"].clone();
+                assert!(
+                    !instance(one).is_null() && instance(one) != instance(other),
+                    "{kind}: {one} vs {other}"
+                );
+            }
+        }
+    }
+    assert_eq!(of_kind("Namespace").len(), 1);
+    assert_eq!(of_kind("CustomResourceDefinition").len(), 1);
+}
+
 /// The policies `shard` owns.
 fn own<'a>(owner: &BTreeMap<&'a str, Option<&str>>, shard: Option<&str>) -> Vec<&'a str> {
     owner
@@ -227,6 +278,7 @@ async fn two_shards_never_check_or_write_each_others_policies() {
         &server.kubectl_ok(&["kustomize", &format!("{REPO}/manifests/sharded")]),
     )
     .unwrap();
+    assert_sharded_manifests(&built);
     let sa_a = shard_identity(&server, &env.ns, &built, "healthgate-shard-a").await;
     let sa_b = shard_identity(&server, &env.ns, &built, "healthgate-shard-b").await;
     // Each shard's Role reads its own leader Lease only.
