@@ -134,9 +134,20 @@ pub struct KubeArgs {
         conflicts_with = "all_namespaces"
     )]
     pub policy_name: Option<String>,
-    /// Label selector on HealthPolicies, e.g. `team=payments`.
+    /// Label selector on HealthPolicies, e.g. `team=payments`. ANDed with the shard rule: with
+    /// `--shard` only that shard's policies, without it only policies with no
+    /// `healthgate.dev/shard` label (see README, "Sharding").
     #[arg(long, env = "HEALTHGATE_SELECTOR")]
     pub selector: Option<String>,
+    /// Serve only the HealthPolicies labelled `healthgate.dev/shard=NAME`, electing the leader on
+    /// Lease `healthgate-shard-NAME`. Deployments with distinct shards own disjoint policies.
+    #[arg(
+        long,
+        env = "HEALTHGATE_SHARD",
+        value_name = "NAME",
+        conflicts_with_all = ["lease_name", "policy_name"]
+    )]
+    pub shard: Option<String>,
     /// This replica's identity for leader election and Events (the Downward API's pod name).
     /// Default: the host name.
     #[arg(long, env = "POD_NAME")]
@@ -146,8 +157,10 @@ pub struct KubeArgs {
     #[arg(long, env = "POD_NAMESPACE")]
     pub pod_namespace: Option<String>,
     /// Name of the leader-election Lease; replicas with the same name share one leader.
-    #[arg(long, env = "HEALTHGATE_LEASE_NAME", default_value = "healthgate")]
-    pub lease_name: String,
+    /// Default: `healthgate`, or `healthgate-shard-NAME` with `--shard` (which it cannot be
+    /// combined with: two shards sharing a Lease would leave one of them without a leader).
+    #[arg(long, env = "HEALTHGATE_LEASE_NAME")]
+    pub lease_name: Option<String>,
     /// Status writes plus Events per second this replica may send the API server (after the
     /// burst); a flapping fleet coalesces into fewer writes instead of queueing them.
     #[arg(long, env = "HEALTHGATE_API_WRITE_QPS", default_value_t = 10.0)]

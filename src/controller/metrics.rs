@@ -13,6 +13,7 @@ pub struct ControllerMetrics {
     reconciles: IntCounterVec,
     reconcile_errors: IntCounterVec,
     pub leader: IntGauge,
+    pub lease_clash: IntGauge,
     pub status_writes: IntCounter,
     pub events: IntCounter,
     pub gates: super::gates::GateMetrics,
@@ -53,6 +54,14 @@ impl ControllerMetrics {
                 IntGauge::new(
                     "healthgate_leader",
                     "1 while this replica holds the leader lease and writes policy status, else 0.",
+                )
+                .expect("valid metric"),
+            ),
+            lease_clash: registered(
+                registry,
+                IntGauge::new(
+                    "healthgate_lease_clash",
+                    "1 while the leader lease is held by a replica serving other policies (another scope or selector): this replica's policies then get no status writer.",
                 )
                 .expect("valid metric"),
             ),

@@ -17,6 +17,7 @@ mod metrics;
 mod reconcile;
 mod recorder;
 mod secrets;
+pub mod shard;
 pub mod status;
 mod writer;
 
@@ -70,6 +71,8 @@ pub enum Error {
     NoNamespace(String),
     #[error("no Kubernetes configuration (in-cluster or KUBECONFIG): {0}")]
     Config(String),
+    #[error(transparent)]
+    Shard(#[from] shard::ShardError),
 }
 
 impl Error {
@@ -79,7 +82,7 @@ impl Error {
             Error::Kube(_) => "kube_api",
             Error::SecretsNotSynced(_) => "secrets_not_synced",
             Error::NoNamespace(_) => "no_namespace",
-            Error::Config(_) => "config",
+            Error::Config(_) | Error::Shard(_) => "config",
         }
     }
 }
@@ -99,7 +102,7 @@ pub enum Scope {
 #[derive(Clone, Debug)]
 pub struct Settings {
     pub scope: Scope,
-    /// Label selector on HealthPolicies, e.g. `team=payments`.
+    /// Label selector on HealthPolicies: `--selector` ANDed with the shard rule (`shard.rs`).
     pub selector: Option<String>,
     /// This replica's identity: Lease holder and Event `reportingInstance`.
     pub identity: String,
@@ -170,6 +173,7 @@ pub async fn connect(args: KubeArgs) -> Result<(Client, Settings, Vec<SocketAddr
         all_namespaces,
         policy_name,
         selector,
+        shard,
         pod_name,
         pod_namespace,
         lease_name,
@@ -178,6 +182,16 @@ pub async fn connect(args: KubeArgs) -> Result<(Client, Settings, Vec<SocketAddr
         pod_gate_qps,
         pod_gate_burst,
     } = args;
+    // Bad flags fail before any connection is tried.
+    let shard::Sharding {
+        selector,
+        lease_name,
+    } = shard::resolve(
+        shard.as_deref(),
+        selector.as_deref(),
+        lease_name.as_deref(),
+        policy_name.is_some(),
+    )?;
     let config = kube::Config::infer()
         .await
         .map_err(|e| Error::Config(e.to_string()))?;

@@ -28,6 +28,7 @@ fn policy(yaml: &str) -> Arc<HealthPolicy> {
     let mut policy = HealthPolicy::new("p", spec);
     policy.meta_mut().namespace = Some("ns".into());
     policy.meta_mut().generation = Some(1);
+    policy.meta_mut().resource_version = Some("41".into());
     Arc::new(policy)
 }
 
@@ -170,6 +171,9 @@ async fn the_leader_writes_status_and_one_event_per_transition() {
         path,
         "/apis/healthgate.dev/v1alpha1/namespaces/ns/healthpolicies/p/status"
     );
+    // Conditional on the version the watch delivered: a relabel to another shard in between
+    // makes the API server refuse it (proved against a real one in tests/controller_shard.rs).
+    assert_eq!(body["metadata"]["resourceVersion"], "41");
     let status = &body["status"];
     let ready = status["conditions"]
         .as_array()

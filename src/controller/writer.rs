@@ -134,9 +134,13 @@ pub async fn run(
             // during the wait show up as one transition on a later tick.
             writes.acquire().await;
             let api: Api<HealthPolicy> = Api::namespaced(client.clone(), &key.namespace);
+            // The resourceVersion makes the write conditional on the object being the version
+            // this replica watched, which matched its selector: a policy relabelled to another
+            // shard a moment ago is refused (409), not overwritten with this shard's view.
             let patch = json!({
                 "apiVersion": "healthgate.dev/v1alpha1",
                 "kind": "HealthPolicy",
+                "metadata": {"resourceVersion": object.metadata.resource_version},
                 "status": desired,
             });
             match api
@@ -156,6 +160,11 @@ pub async fn run(
                     let published =
                         events::publish(&mut recorder, &writes, &obs.reference, planned).await;
                     ctx.metrics.events.inc_by(published);
+                }
+                // The object changed since the watch delivered it (an edit, a relabel, our own
+                // last write not yet seen): the next tick recomputes from the newer version.
+                Err(kube::Error::Api(status)) if status.code == 409 => {
+                    debug!(policy = %key, "policy changed meanwhile; status recomputed next tick");
                 }
                 Err(e) => {
                     warn!(policy = %key, error = %e, "could not write status; will retry");

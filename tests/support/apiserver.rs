@@ -57,6 +57,22 @@ pub const REPO: &str = env!("CARGO_MANIFEST_DIR");
 const STATE_DIR_PREFIX: &str = "healthgate-k8s-";
 const OWNER_FILE: &str = "owner.pid";
 
+/// The audit log in the state directory (with [`ApiServer::start_audited`]).
+const AUDIT_LOG: &str = "audit.log";
+/// Who did what to HealthPolicies (and their status), at Metadata level: user, verb, URI with
+/// its label selector, response code, timestamps. Only the final stage, once per request; every
+/// other resource is left out so the log stays small.
+const AUDIT_POLICY: &str = "apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: [RequestReceived]
+rules:
+  - level: Metadata
+    resources:
+      - group: healthgate.dev
+        resources: [healthpolicies, healthpolicies/status]
+  - level: None
+";
+
 /// Field manager used for the harness's server-side applies.
 const FIELD_MANAGER: &str = "healthgate-tests";
 
@@ -116,12 +132,23 @@ impl ApiServer {
     /// Builds the binaries if needed and starts a dedicated control plane. Most tests should use
     /// the shared [`server()`]; this is for tests that need to stop or break their own server.
     pub fn start() -> Result<ApiServer, String> {
+        Self::start_with(false)
+    }
+
+    /// A dedicated control plane whose kube-apiserver writes an audit log (JSON lines) of every
+    /// request on HealthPolicies and their status, with the caller's identity: read it with
+    /// [`ApiServer::audit_events`]. The shared [`server()`] never audits (no cost to other tests).
+    pub fn start_audited() -> Result<ApiServer, String> {
+        Self::start_with(true)
+    }
+
+    fn start_with(audit: bool) -> Result<ApiServer, String> {
         let bin_dir = build_binaries()?;
         let mut last_err = String::new();
         // A free port found by binding :0 can be taken by another process before etcd or the
         // API server binds it; such a race is retried with new ports, anything else is not.
         for _ in 0..3 {
-            match Self::start_once(&bin_dir) {
+            match Self::start_once(&bin_dir, audit) {
                 Ok(server) => return Ok(server),
                 Err(StartError::PortTaken(e)) => last_err = e,
                 Err(StartError::Fatal(e)) => return Err(e),
@@ -130,7 +157,7 @@ impl ApiServer {
         Err(last_err)
     }
 
-    fn start_once(bin_dir: &Path) -> Result<ApiServer, StartError> {
+    fn start_once(bin_dir: &Path, audit: bool) -> Result<ApiServer, StartError> {
         sweep_stale_state_dirs();
         let dir = tempfile::Builder::new()
             .prefix(STATE_DIR_PREFIX)
@@ -210,6 +237,17 @@ impl ApiServer {
             "--profiling=false".to_string(),
             "--v=1".to_string(),
         ];
+        if audit {
+            fs::write(dir.join("audit-policy.yaml"), AUDIT_POLICY)
+                .map_err(|e| fatal(format!("writing the audit policy: {e}")))?;
+            server.api_args.extend([
+                format!("--audit-policy-file={}", p("audit-policy.yaml")),
+                format!("--audit-log-path={}", p(AUDIT_LOG)),
+                "--audit-log-format=json".to_string(),
+                // Written before the response is sent, so a test reads every request it saw answered.
+                "--audit-log-mode=blocking".to_string(),
+            ]);
+        }
         let mut api = Command::new(bin_dir.join("kube-apiserver"));
         api.args(&server.api_args);
         server.spawn("kube-apiserver", api, &api_log)?;
@@ -218,6 +256,21 @@ impl ApiServer {
             .map_err(fatal)?;
         server.wait_ready(api_port, &api_log)?;
         Ok(server)
+    }
+
+    /// The audit log so far, one JSON object per event (only with [`ApiServer::start_audited`]).
+    pub fn audit_events(&self) -> Vec<serde_json::Value> {
+        let text = fs::read_to_string(self.dir.join(AUDIT_LOG)).unwrap_or_default();
+        // A line still being written has no newline yet; it is read next time.
+        let complete = &text[..text.rfind('\n').map_or(0, |end| end + 1)];
+        complete
+            .lines()
+            .filter(|line| !line.trim().is_empty())
+            .map(|line| {
+                serde_json::from_str(line)
+                    .unwrap_or_else(|e| panic!("audit log line is not JSON ({e}): {line}"))
+            })
+            .collect()
     }
 
     /// `https://127.0.0.1:PORT` of the API server.
