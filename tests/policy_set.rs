@@ -174,3 +174,65 @@ fn check_refuses_a_set_with_duplicates_or_cycles_naming_the_file() {
         "{stderr}"
     );
 }
+
+/// Redis PINGs served so far (each redis check sends one).
+fn pings(redis: &Redis) -> u64 {
+    let stats: String = redis.cmd(&["INFO", "commandstats"]);
+    stats
+        .lines()
+        .find_map(|l| l.strip_prefix("cmdstat_ping:calls="))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn identical_checks_of_many_policies_share_one_probe_run_and_each_policy_sees_it() {
+    let mut redis = Redis::start();
+    let dir = tempfile::tempdir().unwrap();
+    let cache = policy::redis("cache", &policy::inline(&redis.url()));
+    let names: Vec<String> = (0..8).map(|i| format!("team-{i}")).collect();
+    let set: Vec<String> = names.iter().map(|n| document(n, &cache)).collect();
+    write(dir.path(), "teams.yaml", &set.join("---\n"));
+    // The same target checked with another timeout is another probe run.
+    write(
+        dir.path(),
+        "slow.yaml",
+        &policy::document_in(
+            "shop",
+            "slow",
+            "interval: 300ms, timeout: 700ms",
+            &policy::redis("cache", &policy::inline(&redis.url())),
+        ),
+    );
+    let hg = Healthgate::start_path(dir.path(), &[], &[]);
+    hg.wait_ready_status(200, SETTLE);
+
+    let window = Duration::from_secs(3);
+    let before = pings(&redis);
+    std::thread::sleep(window);
+    let sent = pings(&redis) - before;
+    // Two distinct runs (the 8 identical checks, and "slow") every 300 ms: about 20 in 3 s,
+    // where 9 separate checkers would send about 90.
+    let intervals = window.as_millis() as u64 / 300;
+    assert!(
+        (intervals..=2 * (intervals + 2)).contains(&sent),
+        "{sent} PINGs in {window:?}"
+    );
+    let body = hg.get("/ready").json();
+    let shared_at = &body["checks"]["shop/team-0/cache"]["checked_at"];
+    for name in &names {
+        let check = &body["checks"][format!("shop/{name}/cache")];
+        assert_eq!(check["status"], "ok", "{body:#}");
+        assert_eq!(&check["checked_at"], shared_at, "one run, seen by all: {body:#}");
+    }
+
+    // Every policy sees the shared run fail, each through its own thresholds.
+    redis.stop();
+    hg.wait_until("every policy down", SETTLE, |hg| {
+        names
+            .iter()
+            .chain([&"slow".to_string()])
+            .all(|n| hg.get(&format!("/ready/shop/{n}")).status == 503)
+    });
+}

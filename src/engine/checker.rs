@@ -104,6 +104,7 @@ impl Checker {
             let Run {
                 started,
                 latency,
+                finished_at,
                 observation,
             } = run;
             let observation = self.slow_is_degraded(observation, latency);
@@ -118,7 +119,7 @@ impl Checker {
             };
             span.in_scope(|| {
                 record_check(&span, &observation, state);
-                self.publish(&observation, state, previous, latency, started);
+                self.publish(&observation, state, previous, latency, started, finished_at);
                 self.metrics
                     .record(&mut labels, &observation, state, latency);
             });
@@ -166,8 +167,9 @@ impl Checker {
         previous: State,
         latency: Duration,
         started: Instant,
+        finished_at: DateTime<Utc>,
     ) {
-        let now = Utc::now();
+        let now = finished_at;
         let mut slot = self.slot.lock().expect("check slot lock");
         let since = match slot.as_ref() {
             Some(record) if record.state == state => record.since,

@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
+use chrono::{DateTime, Utc};
 use futures::FutureExt;
 use futures::future::{BoxFuture, Shared};
 use prometheus::IntGauge;
@@ -46,6 +47,8 @@ impl FlightKey {
 pub struct Run {
     pub started: Instant,
     pub latency: Duration,
+    /// Wall-clock end, so every policy sharing the run reports the same `checked_at`.
+    pub finished_at: DateTime<Utc>,
     pub observation: Observation,
 }
 
@@ -112,6 +115,7 @@ async fn fly(
     let run = Run {
         started,
         latency: started.elapsed(),
+        finished_at: Utc::now(),
         observation,
     };
     if let Some(latest) = latest.upgrade() {
