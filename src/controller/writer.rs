@@ -68,6 +68,14 @@ impl Tracked {
     }
 }
 
+/// What a pass needs of one reconciled policy: key, generation, reference and problems.
+type Reconciled = (
+    PolicyKey,
+    Option<i64>,
+    ObjectReference,
+    Option<Vec<FieldError>>,
+);
+
 /// A status that differs from the written one, found by a pass.
 struct Due {
     key: PolicyKey,
@@ -124,12 +132,7 @@ pub async fn run(
         }
         last_pass = Some(Instant::now());
         // Not the applied policies: only what the status needs, so a pass copies little.
-        let observed: Vec<(
-            PolicyKey,
-            Option<i64>,
-            ObjectReference,
-            Option<Vec<FieldError>>,
-        )> = {
+        let observed: Vec<Reconciled> = {
             let observed = reconciled.borrow_and_update();
             tracked.retain(|key, _| observed.contains_key(key));
             observed
