@@ -32,6 +32,29 @@ impl WriteBudget {
         }
     }
 
+    /// Spends one write if one is free now and `keep` more would still be left, without
+    /// waiting; false if not (or if a writer is waiting for its turn).
+    pub fn try_acquire(&self, keep: f64) -> bool {
+        let Ok(mut bucket) = self.state.try_lock() else {
+            return false;
+        };
+        let now = Instant::now();
+        bucket.tokens = (bucket.tokens
+            + now.duration_since(bucket.refilled).as_secs_f64() * self.qps)
+            .min(self.burst);
+        bucket.refilled = now;
+        if bucket.tokens < 1.0 + keep {
+            return false;
+        }
+        bucket.tokens -= 1.0;
+        true
+    }
+
+    /// Half the burst: what spending that can wait (latency refreshes) leaves for news.
+    pub fn reserve(&self) -> f64 {
+        self.burst / 2.0
+    }
+
     /// Waits until one write may go out, and spends it.
     pub async fn acquire(&self) {
         let mut bucket = self.state.lock().await;
@@ -69,5 +92,19 @@ mod tests {
         // Four more at 2 per second take two seconds (virtual time).
         let spent = start.elapsed().as_secs_f64();
         assert!((spent - 2.0).abs() < 0.01, "{spent}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn trying_never_waits_and_keeps_what_it_is_asked_to() {
+        let budget = WriteBudget::new(2.0, 4);
+        assert!(budget.try_acquire(2.0), "4 → 3");
+        assert!(budget.try_acquire(2.0), "3 → 2");
+        assert!(!budget.try_acquire(2.0), "2 → 1 would leave fewer than 2");
+        assert!(budget.try_acquire(0.0), "2 → 1");
+        assert!(budget.try_acquire(0.0), "1 → 0");
+        assert!(!budget.try_acquire(0.0), "empty");
+        tokio::time::advance(Duration::from_millis(500)).await;
+        assert!(budget.try_acquire(0.0), "refilled by one");
+        assert!(!budget.try_acquire(0.0));
     }
 }

@@ -128,6 +128,17 @@ pub struct Observed {
     pub invalid: Option<Vec<FieldError>>,
 }
 
+impl Observed {
+    /// Equal for everything but the object's resourceVersion, which every status write moves.
+    pub fn same_as(&self, other: &Self) -> bool {
+        let id = |r: &ObjectReference| (r.uid.clone(), r.namespace.clone(), r.name.clone());
+        self.generation == other.generation
+            && self.applied == other.applied
+            && self.invalid == other.invalid
+            && id(&self.reference) == id(&other.reference)
+    }
+}
+
 /// What reconcile has learned, by policy. Reconcile writes it; the status writer, cascade
 /// protection and the first-sync gate subscribe to its changes instead of polling.
 pub type ObservedMap = BTreeMap<PolicyKey, Observed>;

@@ -62,8 +62,12 @@ pub async fn reconcile(policy: Arc<HealthPolicy>, ctx: Arc<Context>) -> Result<A
             observed.invalid = Some(errors);
         }
     }
-    ctx.observed.send_modify(|all| {
+    // Every status write comes back as a watch event and a reconcile; only a change that the
+    // subscribers act on (a new policy, generation, applied spec or problem) wakes them.
+    ctx.observed.send_if_modified(|all| {
+        let news = all.get(&key).is_none_or(|old| !old.same_as(&observed));
         all.insert(key, observed);
+        news
     });
     ctx.metrics.reconciled(Ok(()));
     Ok(Action::requeue(RESYNC))

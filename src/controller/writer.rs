@@ -1,12 +1,18 @@
 //! The leader's status writer: an owned task that turns engine reports into `.status` (server-side
 //! apply, one field manager) and status transitions into Events. Transitions are written within
-//! one tick; latency-only changes at most every [`LATENCY_REFRESH`]; nothing else is written.
+//! one tick while the write budget allows, oldest first; latency-only changes at most every
+//! [`LATENCY_REFRESH`], and only from budget to spare; nothing else is written.
+//!
+//! A pass never waits for budget: what does not fit is left for a later pass, which writes the
+//! status as it is then (a flap in between coalesces into one write). With a thousand policies
+//! the latency refreshes alone would ask for 100 writes per second; they must not hold back news.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
+use k8s_openapi::api::core::v1::ObjectReference;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Client};
@@ -18,15 +24,19 @@ use tracing::{debug, warn};
 use super::budget::WriteBudget;
 use super::recorder::EventRecorder;
 use super::status::{self, Inputs};
-use super::{Context, FIELD_MANAGER, Observed, REPORTING_CONTROLLER, events};
+use super::{Context, FIELD_MANAGER, REPORTING_CONTROLLER, events};
 use crate::api::{HealthPolicy, HealthPolicyStatus};
 use crate::engine::PolicyKey;
+use crate::policy::FieldError;
 
 /// How often reports are compared with the written status: the delay of a transition reaching
 /// status, and the cost is one in-memory report per policy.
 const TICK: Duration = Duration::from_millis(500);
 /// Latency moves on every check; refreshing it more often would write once per check.
 const LATENCY_REFRESH: Duration = Duration::from_secs(10);
+/// Passes are at least this far apart: a thousand reconciles at start-up (each wakes the
+/// writer) cost a few passes over all policies, not a thousand.
+const MIN_PASS_GAP: Duration = Duration::from_millis(100);
 /// After a failed write (API server away) the policy is left alone this long.
 const WRITE_BACKOFF: Duration = Duration::from_secs(2);
 /// A dependency that has never been checked would show as unknown and flip Ready to False, e.g.
@@ -43,6 +53,8 @@ struct Tracked {
     written: Option<(HealthPolicyStatus, Instant)>,
     /// After a failed write, the policy is left alone until then.
     retry_at: Option<Instant>,
+    /// Since when a transition has waited for budget (the oldest goes first).
+    pending_since: Option<Instant>,
 }
 
 impl Tracked {
@@ -51,8 +63,29 @@ impl Tracked {
             first_seen: Instant::now(),
             written: None,
             retry_at: None,
+            pending_since: None,
         }
     }
+}
+
+/// What a pass needs of one reconciled policy: key, generation, reference and problems.
+type Reconciled = (
+    PolicyKey,
+    Option<i64>,
+    ObjectReference,
+    Option<Vec<FieldError>>,
+);
+
+/// A status that differs from the written one, found by a pass.
+struct Due {
+    key: PolicyKey,
+    reference: ObjectReference,
+    previous: Option<HealthPolicyStatus>,
+    desired: HealthPolicyStatus,
+    /// News (a state, condition or generation changed, or no status yet) rather than latency.
+    transition: bool,
+    /// The queue order: for news, since when it waits; for refreshes, when last written.
+    since: Option<Instant>,
 }
 
 /// Who writes, and how fast it may.
@@ -74,6 +107,7 @@ pub async fn run(
     let mut recorder = EventRecorder::new(client.clone(), REPORTING_CONTROLLER, &identity);
     let mut reconciled = ctx.observed.subscribe();
     let mut tracked: HashMap<PolicyKey, Tracked> = HashMap::new();
+    let mut last_pass: Option<Instant> = None;
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return,
@@ -87,13 +121,30 @@ pub async fn run(
             tracked.clear();
             continue;
         }
-        let observed: Vec<(PolicyKey, Observed)> = reconciled
-            .borrow_and_update()
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        tracked.retain(|key, _| observed.iter().any(|(k, _)| k == key));
-        for (key, obs) in observed {
+        let gap = last_pass.map_or(Duration::ZERO, |at| {
+            MIN_PASS_GAP.saturating_sub(at.elapsed())
+        });
+        if !gap.is_zero() {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(gap) => {}
+            }
+        }
+        last_pass = Some(Instant::now());
+        // Not the applied policies: only what the status needs, so a pass copies little.
+        let observed: Vec<Reconciled> = {
+            let observed = reconciled.borrow_and_update();
+            tracked.retain(|key, _| observed.contains_key(key));
+            observed
+                .iter()
+                .map(|(k, o)| {
+                    let invalid = o.invalid.clone();
+                    (k.clone(), o.generation, o.reference.clone(), invalid)
+                })
+                .collect()
+        };
+        let mut due = Vec::new();
+        for (key, generation, reference, invalid) in observed {
             let entry = tracked.entry(key.clone()).or_insert_with(Tracked::new);
             if entry.retry_at.is_some_and(|at| Instant::now() < at) {
                 continue;
@@ -103,8 +154,7 @@ pub async fn run(
             };
             let snapshot = ctx.engine.snapshot(&key);
             let unchecked = snapshot.as_ref().is_some_and(|s| !s.all_checked());
-            if unchecked && obs.invalid.is_none() && entry.first_seen.elapsed() < FIRST_RESULT_GRACE
-            {
+            if unchecked && invalid.is_none() && entry.first_seen.elapsed() < FIRST_RESULT_GRACE {
                 continue;
             }
             let previous = entry
@@ -114,9 +164,9 @@ pub async fn run(
                 .or_else(|| object.status.clone());
             let desired = status::desired(
                 &Inputs {
-                    generation: obs.generation,
+                    generation,
                     snapshot: snapshot.as_ref(),
-                    invalid: obs.invalid.as_deref(),
+                    invalid: invalid.as_deref(),
                     now: Utc::now(),
                 },
                 previous.as_ref(),
@@ -127,12 +177,42 @@ pub async fn run(
                     .written
                     .as_ref()
                     .is_none_or(|(_, at)| at.elapsed() >= LATENCY_REFRESH);
+            if !transition {
+                entry.pending_since = None;
+            }
             if !transition && !refresh {
                 continue;
             }
-            // Waiting here coalesces: the status written is the one computed above, and flaps
-            // during the wait show up as one transition on a later tick.
-            writes.acquire().await;
+            let since = if transition {
+                Some(*entry.pending_since.get_or_insert_with(Instant::now))
+            } else {
+                entry.written.as_ref().map(|(_, at)| *at)
+            };
+            due.push(Due {
+                key,
+                reference,
+                previous,
+                desired,
+                transition,
+                since,
+            });
+        }
+        // News first, the longest waiting first; then refreshes, the stalest first.
+        due.sort_by_key(|d| (!d.transition, d.since));
+        for Due {
+            key,
+            reference,
+            previous,
+            desired,
+            transition,
+            ..
+        } in due
+        {
+            // Refreshes leave half the burst for news; what does not fit waits for a later pass.
+            let keep = if transition { 0.0 } else { writes.reserve() };
+            if !writes.try_acquire(keep) {
+                break;
+            }
             let api: Api<HealthPolicy> = Api::namespaced(client.clone(), &key.namespace);
             // The resourceVersion makes the write conditional on the object being the version
             // this replica watched, which matched its selector: a policy relabelled to another
@@ -143,22 +223,26 @@ pub async fn run(
                 "metadata": {"resourceVersion": object.metadata.resource_version},
                 "status": desired,
             });
-            match api
+            let result = api
                 .patch_status(
                     &key.name,
                     &PatchParams::apply(FIELD_MANAGER).force(),
                     &Patch::Apply(&patch),
                 )
-                .await
-            {
+                .await;
+            let Some(entry) = tracked.get_mut(&key) else {
+                continue;
+            };
+            match result {
                 Ok(_) => {
                     ctx.metrics.status_writes.inc();
                     debug!(policy = %key, transition, "status written");
                     entry.retry_at = None;
+                    entry.pending_since = None;
                     let planned = events::transitions(previous.as_ref(), &desired);
                     entry.written = Some((desired, Instant::now()));
                     let published =
-                        events::publish(&mut recorder, &writes, &obs.reference, planned).await;
+                        events::publish(&mut recorder, &writes, &reference, planned).await;
                     ctx.metrics.events.inc_by(published);
                 }
                 // The object changed since the watch delivered it (an edit, a relabel, our own

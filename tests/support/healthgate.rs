@@ -104,7 +104,7 @@ impl Healthgate {
             .prefix("healthgate-run-")
             .tempdir()
             .unwrap();
-        let mut cmd = Command::new(BIN);
+        let mut cmd = Command::new(bin());
         cmd.arg("serve")
             .env("KUBECONFIG", kubeconfig)
             // The test machine's own pod identity, if any, must not leak in.
