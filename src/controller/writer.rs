@@ -86,6 +86,8 @@ struct Due {
     transition: bool,
     /// The queue order: for news, since when it waits; for refreshes, when last written.
     since: Option<Instant>,
+    /// The version this replica watched, which matched its selector (see the patch below).
+    resource_version: Option<String>,
 }
 
 /// Who writes, and how fast it may.
@@ -195,6 +197,7 @@ pub async fn run(
                 desired,
                 transition,
                 since,
+                resource_version: object.metadata.resource_version.clone(),
             });
         }
         // News first, the longest waiting first; then refreshes, the stalest first.
@@ -205,6 +208,7 @@ pub async fn run(
             previous,
             desired,
             transition,
+            resource_version,
             ..
         } in due
         {
@@ -220,7 +224,7 @@ pub async fn run(
             let patch = json!({
                 "apiVersion": "healthgate.dev/v1alpha1",
                 "kind": "HealthPolicy",
-                "metadata": {"resourceVersion": object.metadata.resource_version},
+                "metadata": {"resourceVersion": resource_version},
                 "status": desired,
             });
             let result = api
