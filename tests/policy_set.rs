@@ -224,7 +224,10 @@ fn identical_checks_of_many_policies_share_one_probe_run_and_each_policy_sees_it
     for name in &names {
         let check = &body["checks"][format!("shop/{name}/cache")];
         assert_eq!(check["status"], "ok", "{body:#}");
-        assert_eq!(&check["checked_at"], shared_at, "one run, seen by all: {body:#}");
+        assert_eq!(
+            &check["checked_at"], shared_at,
+            "one run, seen by all: {body:#}"
+        );
     }
 
     // Every policy sees the shared run fail, each through its own thresholds.
