@@ -18,6 +18,10 @@ use std::time::{Duration, Instant};
 const START_BURST: f64 = 64.0;
 /// How fast the start budget refills, per second.
 const START_REFILL_PER_SECOND: f64 = 64.0;
+/// Checks admitted at once still start within this window, not in the same instant: the
+/// policies of a set are applied one after another, and a `type: policy` check that ran before
+/// its upstream was applied would see no such policy.
+const FIRST_CHECK_SPREAD: Duration = Duration::from_millis(50);
 
 /// The grid every checker's runs sit on: `origin + phase + k × interval`.
 pub struct Clock {
@@ -53,12 +57,13 @@ impl Clock {
         next_on_grid(self.origin + phase, interval, after)
     }
 
-    /// When a new checker without a result runs first: `now` if the start budget has room,
-    /// else its next phase.
+    /// When a new checker without a result runs first: within [`FIRST_CHECK_SPREAD`] of `now`
+    /// if the start budget has room, else at its next phase.
     pub fn first_run(&self, phase: Duration, interval: Duration, now: Instant) -> Instant {
         let admitted = self.budget.lock().expect("start budget lock").take(now);
         if admitted {
-            now
+            let spread = FIRST_CHECK_SPREAD.as_nanos().max(1);
+            now + Duration::from_nanos(u64::try_from(phase.as_nanos() % spread).unwrap_or(0))
         } else {
             self.next_run(phase, interval, now)
         }
@@ -146,16 +151,17 @@ mod tests {
         let t0 = Instant::now();
         let clock = Clock::new(t0);
         let interval = Duration::from_secs(10);
-        let phase = Duration::from_secs(4);
+        let phase = Duration::from_millis(4_010);
+        let soon = FIRST_CHECK_SPREAD;
         let now_count = (0..1000)
-            .filter(|_| clock.first_run(phase, interval, t0) == t0)
+            .filter(|_| clock.first_run(phase, interval, t0) < t0 + soon)
             .count();
         assert_eq!(now_count, 64);
         assert_eq!(clock.first_run(phase, interval, t0), t0 + phase);
         // A second later the budget has refilled by 64.
         let later = t0 + SECOND;
         let refilled = (0..100)
-            .filter(|_| clock.first_run(phase, interval, later) == later)
+            .filter(|_| clock.first_run(phase, interval, later) < later + soon)
             .count();
         assert_eq!(refilled, 64);
     }

@@ -37,12 +37,14 @@ impl Upstreams for EngineUpstreams {
             .get(&key)
             .map(|running| running.snapshot(Instant::now()));
         match snapshot {
+            // Not settled: the policies of a set are applied one after another, so at start-up
+            // the upstream may be a moment away; the probe waits for it within its patience.
             None => (
                 Observation::down(
                     Reason::Config,
                     format!("policy {key} is not served by this healthgate"),
                 ),
-                true,
+                false,
             ),
             Some(snapshot) => (judge(&key, &snapshot), snapshot.all_checked()),
         }
