@@ -7,29 +7,12 @@ Repeated 5 times; prints a Markdown table of the median and the range.
 """
 
 import os
-import socket
 import statistics
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def status(url):
-    try:
-        with urllib.request.urlopen(url, timeout=1) as r:
-            return r.status
-    except urllib.error.HTTPError as e:
-        return e.code
-    except OSError:
-        return None
+from scale_checks import free_port, get_status as status
 
 
 def memory(pid):
